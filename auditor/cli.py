@@ -88,19 +88,25 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     fmt = argparse.RawDescriptionHelpFormatter
-    p = sub.add_parser("run", help="live eBPF audit of local redis-server/valkey-server (root)", epilog=EPILOG_RUN,
-                       formatter_class=fmt)
+    p = sub.add_parser(
+        "run", help="live eBPF audit of local redis-server/valkey-server (root)", epilog=EPILOG_RUN, formatter_class=fmt
+    )
     p.add_argument("--pid", type=int, action="append", default=[], help="only this redis-server pid (repeatable)")
     p.add_argument("--port", type=int, action="append", default=[], help="only servers listening here (repeatable)")
-    p.add_argument("--fallback", choices=["auto", "sniff", "none"], default="auto",
-                   help="when eBPF is unusable: auto (sniff, say why), sniff (always), none (fail)")
+    p.add_argument(
+        "--fallback",
+        choices=["auto", "sniff", "none"],
+        default="auto",
+        help="when eBPF is unusable: auto (sniff, say why), sniff (always), none (fail)",
+    )
     p.add_argument("--capture-bytes", type=int, default=None, help="payload bytes copied per syscall")
     p.add_argument("--iface", action="append", default=[], help="interfaces for the sniff fallback")
     _common(p)
     _live(p)
 
-    p = sub.add_parser("sniff", help="live packet-capture audit (no eBPF needed)", epilog=EPILOG_SNIFF,
-                       formatter_class=fmt)
+    p = sub.add_parser(
+        "sniff", help="live packet-capture audit (no eBPF needed)", epilog=EPILOG_SNIFF, formatter_class=fmt
+    )
     p.add_argument("--iface", action="append", default=[], help="interface (default: loopback; 'any' allowed)")
     p.add_argument("--port", type=int, action="append", default=[], help="Redis server port (default 6379)")
     _common(p)
@@ -202,48 +208,36 @@ def make_sink(args: argparse.Namespace) -> Any:
 def cmd_replay(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 
-    from auditor.pipeline import Pipeline
-    from auditor.sources.pcap import CaptureError, read_pcap
-    from auditor.types import Source
+    from auditor.replay import replay
 
     for f in args.files:
         if not f.is_file() or not os.access(f, os.R_OK):
             raise CliError(f"cannot read {f}", "check the path and permissions")
-    ports = set(args.port) or {6379}
     redactor = make_redactor(args)
     sink = make_sink(args)
-    pipe = Pipeline(redactor, sink.write_many, Source.PCAP)
     err = Console(stderr=True)
     show = err.is_terminal and not args.json and sum(f.stat().st_size for f in args.files) > 5_000_000
-    packets = 0
-    errors: list[str] = []
     t0 = time.monotonic()
-    with Progress(
-        "[progress.description]{task.description}", BarColumn(), DownloadColumn(), TimeRemainingColumn(),
-        console=err, disable=not show, transient=True,
-    ) as progress:
-        for f in args.files:
-            task = progress.add_task(f.name, total=f.stat().st_size)
-            last_ts = 0
-            try:
-                events = read_pcap(f, ports, progress=lambda done, total, t=task: progress.update(t, completed=done))
-                for ev in events:
-                    pipe.feed(ev)
-                    last_ts = ev.ts_ns
-                packets += events.stats.packets if hasattr(events, "stats") else 0
-            except CaptureError as e:
-                errors.append(f"{f}: {e}")
-            pipe.close(last_ts, "eof")
+    columns = ("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err, disable=not show, transient=True) as bar:
+        tasks = {f: bar.add_task(f.name, total=f.stat().st_size) for f in args.files}
+        result = replay(
+            args.files,
+            set(args.port) or {6379},
+            redactor,
+            sink.write_many,
+            progress=lambda f, done, _total: bar.update(tasks[f], completed=done),
+        )
     sink.close()
-    elapsed = time.monotonic() - t0
-    summary = _summary(pipe.totals, sink.stats, elapsed) | {"packets": packets, "files_failed": len(errors)}
+    summary = _summary(result.pipeline.totals, sink.stats, time.monotonic() - t0)
+    summary |= {"packets": result.packets, "files_failed": len(result.failed)}
     _print_summary(summary, args.json, f"replayed {len(args.files)} file(s) into {sink.out}")
-    if errors:
-        for e in errors:
-            Console(stderr=True).print(f"[bold red]error:[/] {e}")
+    for line in result.failed:
+        err.print(f"[bold red]error:[/] {line}")
+    if result.failed:
         raise CliError(
-            f"{len(errors)} of {len(args.files)} file(s) could not be read as captures",
-            "rows from the readable parts were written; check the file type (pcap or pcapng)",
+            f"{len(result.failed)} of {len(args.files)} file(s) could not be read as captures",
+            "rows from the readable parts were written; is it a pcap or pcapng file?",
         )
     return 0
 

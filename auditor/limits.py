@@ -80,3 +80,80 @@ SINK_FLUSH_SECONDS = 10.0
 EBPF_CAPTURE_BYTES = 16384
 # Ring buffer size (bytes, power of two pages).
 EBPF_RINGBUF_BYTES = 64 * 1024 * 1024
+
+# --- pcap/stream (added) -------------------------------------------------------
+# A closed TCP tuple is remembered this long so that late packets (the last ACK, a
+# retransmitted FIN) do not open a phantom mid-stream connection. Linux keeps a
+# closed socket in TIME_WAIT for 60 s; a reuse of the tuple sooner starts with a
+# SYN, which always opens a new connection.
+TCP_CLOSED_LINGER_NS = 60 * 1_000_000_000
+# Closed tuples remembered at once (oldest forgotten first): enough for a
+# connection-per-command client at ~1,000 connections/s for the linger time.
+TCP_CLOSED_REMEMBERED = 65536
+# Largest capture record (pcap record / pcapng block) accepted. Real packets are
+# at most 256 KiB (tcpdump's default snaplen) and Wireshark refuses pcapng blocks
+# over 16 MiB; a larger length field is a corrupt or hostile file, and reading it
+# would mean buffering that much memory.
+MAX_CAPTURE_RECORD = 16 * 1024 * 1024
+# Bytes read from a capture file at a time (a record spanning the end of a block
+# is completed with the next read). Large enough that the per-read overhead
+# vanishes, small enough to stay out of the way of memory limits.
+CAPTURE_READ_BLOCK = 1024 * 1024
+# VLAN tags (802.1Q / 802.1ad QinQ / 0x9100) walked in one Ethernet frame. Real
+# networks stack two; more is a crafted frame.
+MAX_VLAN_TAGS = 8
+# IPv6 extension headers walked before the TCP header. RFC 8200 allows each at
+# most once or twice (~8 kinds); more is a crafted packet (and a CPU trap).
+MAX_IPV6_EXT_HEADERS = 16
+
+# --- commands/redact (added) ----------------------------------------------------
+# Characters of a command name stored for an unknown command that Redis
+# accepted (module command, rename-command); real names are under 32 chars, so
+# anything longer is more likely pasted data than a command.
+MAX_COMMAND_CHARS = 64
+# Characters of an identifier kept in clear (user name, db index, script SHA1,
+# config parameter name, CLIENT KILL filter); longer ones end in "...<+N>".
+MAX_IDENT_CHARS = 256
+# Arguments of one request whose roles are worked out (MSET with a million
+# pairs): enough to fill MAX_ROW_KEYS and MAX_ROW_ARGS; the rest are only
+# counted in the "<+N more>" markers, so nothing unredacted can hide there.
+MAX_ROLE_ARGS = MAX_ROW_KEYS + MAX_ROW_ARGS + 8
+# Distinct request shapes (which arguments are option keywords, where the
+# keys are) whose roles are cached per command; a shape holds no values.
+ROLE_CACHE_PER_COMMAND = 1024
+
+# --- ebpf (added) -------------------------------------------------------------------
+# Payload bytes per ring buffer record: copies above this go in several records
+# ("pieces"). The BPF scratch buffer is a per-CPU array value, and the kernel caps
+# those at 32 KiB; 16 KiB keeps one record per redis read (PROTO_IOBUF_LEN).
+EBPF_PIECE_BYTES = 16384
+# iovecs copied per readv/writev/recvmsg/sendmsg (a bounded loop for the
+# verifier). redis 7 writev()s at most NET_MAX_WRITES_PER_EVENT (64 KiB) of 16 KiB
+# reply blocks, i.e. 4-5 iovecs; bytes of iovecs past this become a counted gap.
+EBPF_MAX_IOV = 16
+# Client sockets tracked at once across all targets (kernel hash map). redis's
+# maxclients defaults to 10,000; an accept that finds the map full is counted and
+# its connection is not captured.
+EBPF_MAX_CONNS = 65536
+# Server processes tracked at once.
+EBPF_MAX_TARGETS = 1024
+# The kernel wakes the consumer only when this much is pending in the ring buffer
+# (bpf_ringbuf_query); otherwise the consumer drains on its poll timer, so there
+# is no wakeup per event (a wakeup per event costs more than the event). A
+# sixteenth of the ring leaves room for a slow consumer to catch up.
+EBPF_WAKEUP_BYTES = EBPF_RINGBUF_BYTES // 16
+# The consumer drains the ring buffer at most this often when it is not woken
+# (latency of an event; larger batches cost less per event).
+EBPF_POLL_INTERVAL_MS = 20
+# Ring buffer bytes drained per poll() call at most (bounds the batch handed
+# downstream, ~50k small records, and the time between poll() returns under a
+# flood; the rest stays in the ring for the next call).
+EBPF_MAX_BATCH_BYTES = 4 * 1024 * 1024
+
+# --- resp (added) ---------------------------------------------------------------
+# Grandchildren of one top-level reply built as Reply objects (the children of
+# its aggregate children: EXEC of LRANGE, XRANGE entries). The session reads
+# only the top level and its children; without this cap a hostile or
+# misclassified reply of 65536 arrays of 65536 elements would build 4 billion
+# objects. Beyond it elements are only counted (``count``), not kept.
+MAX_REPLY_GRANDCHILDREN = 65536

@@ -55,7 +55,7 @@ def _make_source(args: argparse.Namespace, err: Console) -> LiveSource:
 
 
 def _sniff_source(args: argparse.Namespace, ports: list[int] | None) -> LiveSource:
-    from auditor.sources.sniff import SniffSource, SniffError, local_redis_ports
+    from auditor.sources.sniff import SniffError, SniffSource, local_redis_ports
 
     if ports is None:
         ports = sorted(local_redis_ports()) or [6379]

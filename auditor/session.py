@@ -84,6 +84,15 @@ class _State:
     resp: int | None
 
 
+def _is_monitor_line(rep: Reply) -> bool:
+    """MONITOR output: +<unix time>.<micros> [<db> <client>] "CMD" ..."""
+    v = rep.value
+    if rep.kind is not RespType.SIMPLE or not isinstance(v, bytes):
+        return False
+    head, _, rest = v.partition(b" ")
+    return rest.startswith(b"[") and head.replace(b".", b"", 1).isdigit()
+
+
 def _is_protocol_error(rep: Reply) -> bool:
     return rep.is_error and isinstance(rep.value, bytes) and rep.value.startswith(PROTOCOL_ERROR)
 
@@ -141,9 +150,8 @@ class Session:
         args = req.args
         cmd = args[0].upper() if args else b""
         expect = 1
-        if self._monitor:
-            expect = 0  # replies are monitor output from here on; cannot be paired
-            ex.detail = "sent in monitor mode"
+        if cmd == b"RESET":  # answered even after CLIENT REPLY OFF, and turns replies back on
+            self._reply_off = self._skip_next = False
         elif self._reply_off:
             if cmd == b"CLIENT" and len(args) > 2 and args[1].upper() == b"REPLY" and args[2].upper() == b"ON":
                 self._reply_off = False
@@ -152,7 +160,7 @@ class Session:
         elif self._skip_next:
             self._skip_next = False
             expect = 0
-        if cmd in SPECIAL and not self._monitor:
+        if cmd in SPECIAL:
             expect = self._special_request(cmd, args, expect)
         queued = self._in_multi and cmd not in (b"EXEC", b"DISCARD", b"MULTI", b"WATCH", b"QUIT", b"RESET")
         if queued:
@@ -193,7 +201,7 @@ class Session:
     # ----------------------------------------------------------------- replies
     def reply(self, rep: Reply) -> None:
         """A server reply or push, in stream order."""
-        if self._monitor:
+        if self._monitor and _is_monitor_line(rep):
             self.stats.monitor_lines += 1
             return
         self._settle(rep.ts_ns)
@@ -283,7 +291,7 @@ class Session:
         """Complete requests at the head that expect no reply."""
         pending = self._pending
         while pending and pending[0].expect == 0:
-            self._finish(pending.popleft(), Status.UNKNOWN if self._monitor else Status.NO_REPLY)
+            self._finish(pending.popleft(), Status.NO_REPLY)
 
     # -------------------------------------------------------------- completion
     def _finish(self, p: _Pending, status: Status | None, rep: Reply | None = None, detail: str | None = None) -> None:
@@ -357,7 +365,8 @@ class Session:
         """EXEC's reply decides the fate of every QUEUED command, run in order
         (their rows are emitted before the EXEC row: seq order)."""
         held, self._held = self._held, []
-        exec_ex.tx = "exec"
+        if held or (result is not None and result.kind is not RespType.NULL):
+            exec_ex.tx = "exec"
         children = None
         if result is not None and result.kind is not RespType.NULL and result.count != -1:
             children = result.children or []

@@ -245,14 +245,32 @@ def test_array_starting_with_message_is_a_reply_when_not_subscribed():
     assert rows[0].status is Status.OK and c.s.stats.pushes == 0
 
 
-def test_monitor_and_quit():
+def test_monitor_lines_are_not_replies_and_reset_ends_monitor():
     c = Conv()
     c.req("MONITOR").ok()
-    c.rep("+", b'1700000000.1 [0 127.0.0.1:1] "GET" "k"').rep("+", b"another")
-    c.req("QUIT")
+    c.rep("+", b'1700000000.123456 [0 127.0.0.1:1] "GET" "k"').rep("+", b'1700000000.2 [0 unix:/s] "PING"')
+    c.req("RESET")
+    c.rep("+", b'1700000000.3 [0 127.0.0.1:1] "SET" "k" "v"').rep("+", b"RESET")
+    c.req("PING").rep("+", b"PONG")
+    c.req("QUIT").ok()
     rows = c.close()
-    assert rows[0].status is Status.OK and rows[1].status is not Status.OK
-    assert c.s.stats.monitor_lines == 2 and c.s.stats.unmatched_replies == 0
+    assert [(r.request.args[0].decode(), r.status.value) for r in rows] == [
+        ("MONITOR", "ok"),
+        ("RESET", "ok"),
+        ("PING", "ok"),
+        ("QUIT", "ok"),
+    ]
+    assert c.s.stats.monitor_lines == 3 and c.s.stats.unmatched_replies == 0
+
+
+def test_reset_is_answered_after_client_reply_off():
+    c = Conv()
+    c.req("CLIENT", "REPLY", "OFF").req("SET", "a", "1")
+    c.req("RESET").rep("+", b"RESET")
+    c.req("GET", "a").rep("$", b"1")
+    rows = c.close()
+    assert [r.status.value for r in rows] == ["no_reply", "no_reply", "ok", "ok"]
+    assert c.s.stats.unmatched_replies == 0
 
 
 def test_reset_restores_defaults():
