@@ -115,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("replay", help="audit pcap / pcapng files", epilog=EPILOG_REPLAY, formatter_class=fmt)
     p.add_argument("files", nargs="+", type=Path, metavar="FILE")
     p.add_argument("--port", type=int, action="append", default=[], help="Redis server port (default 6379)")
+    p.add_argument("--jobs", type=int, default=None, help="worker processes (default: one per core for big files)")
     _common(p)
 
     p = sub.add_parser("query", help="SQL over the trail (table: audit)", epilog=EPILOG_QUERY, formatter_class=fmt)
@@ -180,17 +181,24 @@ def out_dir(args: argparse.Namespace) -> Path:
     return Path(args.out) if args.out is not None else default_out()
 
 
-def make_redactor(args: argparse.Namespace) -> Any:
+def key_policy(args: argparse.Namespace) -> tuple[Any, bytes | None]:
+    """The --keys policy and, for hash, the per-install HMAC secret."""
     from auditor.keyfile import KeyFileError, load_or_create_key
-    from auditor.redact import KeysPolicy, Redactor
+    from auditor.redact import KeysPolicy
 
     key = None
     if args.keys == "hash":
         try:
-            key = load_or_create_key(args.key_file)
+            key = load_or_create_key(args.key_file, trail_dir=out_dir(args))
         except KeyFileError as e:
-            raise CliError(str(e), "pass --key-file PATH (a file only its owner can read)") from None
-    return Redactor(KeysPolicy(args.keys), key)
+            raise CliError(str(e), "pass --key-file PATH (a file only its owner can read, outside --out)") from None
+    return KeysPolicy(args.keys), key
+
+
+def make_redactor(args: argparse.Namespace) -> Any:
+    from auditor.redact import Redactor
+
+    return Redactor(*key_policy(args))
 
 
 def make_sink(args: argparse.Namespace) -> Any:
@@ -208,28 +216,30 @@ def make_sink(args: argparse.Namespace) -> Any:
 def cmd_replay(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 
-    from auditor.replay import replay
+    from auditor.replay import default_jobs, replay_to_sink
 
     for f in args.files:
         if not f.is_file() or not os.access(f, os.R_OK):
             raise CliError(f"cannot read {f}", "check the path and permissions")
-    redactor = make_redactor(args)
+    policy, key = key_policy(args)
     sink = make_sink(args)
     err = Console(stderr=True)
     show = err.is_terminal and not args.json and sum(f.stat().st_size for f in args.files) > 5_000_000
     t0 = time.monotonic()
+    jobs = args.jobs if args.jobs is not None else default_jobs(args.files)
     columns = ("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TimeRemainingColumn())
     with Progress(*columns, console=err, disable=not show, transient=True) as bar:
         tasks = {f: bar.add_task(f.name, total=f.stat().st_size) for f in args.files}
-        result = replay(
+        result, stats = replay_to_sink(
             args.files,
             set(args.port) or {6379},
-            redactor,
-            sink.write_many,
+            policy,
+            key,
+            sink,
+            max(1, jobs),
             progress=lambda f, done, _total: bar.update(tasks[f], completed=done),
         )
-    sink.close()
-    summary = _summary(result.pipeline.totals, sink.stats, time.monotonic() - t0)
+    summary = _summary(result.totals, stats, time.monotonic() - t0)
     summary |= {"packets": result.packets, "files_failed": len(result.failed)}
     _print_summary(summary, args.json, f"replayed {len(args.files)} file(s) into {sink.out}")
     for line in result.failed:

@@ -1,20 +1,34 @@
-"""replay: pcap / pcapng files -> the pipeline -> the sink (library entry point)."""
+"""replay: pcap / pcapng files -> the pipeline -> the sink (library entry point).
+
+Big files are replayed by several worker processes: each reads the whole file
+but tracks only its share of the connections (by client port), so every
+connection is handled whole by one worker and rows are identical to a
+single-process replay. Workers write their own Parquet files; the parent alone
+appends them to the manifest's hash chain.
+"""
 
 from __future__ import annotations
 
+import multiprocessing as mp
+import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
-from auditor.pipeline import Pipeline
-from auditor.redact import Redactor
+from auditor.pipeline import Pipeline, Totals
+from auditor.redact import KeysPolicy, Redactor
+from auditor.sink import ParquetSink, SinkStats
 from auditor.sources.pcap import CaptureError, read_pcap
 from auditor.types import Row, Source
+
+# Below this many bytes of input, starting worker processes costs more than it saves.
+PARALLEL_MIN_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(slots=True)
 class ReplayResult:
-    pipeline: Pipeline
+    totals: Totals
     packets: int = 0
     failed: list[str] = field(default_factory=list)  # one line per unreadable file
 
@@ -25,14 +39,15 @@ def replay(
     redactor: Redactor,
     write: Callable[[list[Row]], None],
     progress: Callable[[Path, int, int], None] | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> ReplayResult:
-    """Replay each file in turn; connections end with the file they are in."""
+    """Replay each file in turn in this process; connections end with their file."""
     pipe = Pipeline(redactor, write, Source.PCAP)
-    result = ReplayResult(pipe)
+    result = ReplayResult(pipe.totals)
     for f in files:
         last_ts = 0
         cb = (lambda done, total, f=f: progress(f, done, total)) if progress is not None else None
-        reader = read_pcap(f, ports, progress=cb)
+        reader = read_pcap(f, ports, progress=cb, shard=shard)
         try:
             for ev in reader:
                 pipe.feed(ev)
@@ -42,3 +57,112 @@ def replay(
         result.packets += reader.stats.packets
         pipe.close(last_ts, "eof")
     return result
+
+
+def default_jobs(files: list[Path]) -> int:
+    if sum(f.stat().st_size for f in files) < PARALLEL_MIN_BYTES:
+        return 1
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+def replay_to_sink(
+    files: list[Path],
+    ports: set[int],
+    keys: KeysPolicy,
+    hmac_key: bytes | None,
+    sink: ParquetSink,
+    jobs: int,
+    progress: Callable[[Path, int, int], None] | None = None,
+) -> tuple[ReplayResult, SinkStats]:
+    """Replay into ``sink``'s directory with ``jobs`` processes; returns merged totals and file stats."""
+    if jobs <= 1:
+        result = replay(files, ports, Redactor(keys, hmac_key), sink.write_many, progress)
+        sink.close()
+        return result, sink.stats
+    ctx = mp.get_context("spawn")
+    done = [ctx.Value("q", 0) for _ in files]
+    results = ctx.Queue()
+    procs = [
+        ctx.Process(
+            target=_worker,
+            args=(
+                k,
+                jobs,
+                files,
+                ports,
+                keys.value,
+                hmac_key,
+                str(sink.out),
+                sink.host,
+                done if k == 0 else None,
+                results,
+            ),
+            daemon=True,
+        )
+        for k in range(jobs)
+    ]
+    for p in procs:
+        p.start()
+    parts: list[dict[str, Any]] = []
+    while len(parts) < jobs:
+        try:
+            parts.append(results.get(timeout=0.2))
+        except Exception:  # queue.Empty: report progress, check the workers are alive
+            if progress is not None:
+                for f, v in zip(files, done, strict=True):
+                    progress(f, v.value, f.stat().st_size)
+            if any(p.exitcode not in (None, 0) for p in procs) and results.empty():
+                raise RuntimeError("a replay worker died; rerun with --jobs 1 to see why") from None
+    for p in procs:
+        p.join()
+    parts.sort(key=lambda r: r["k"])
+    total = Totals()
+    stats = SinkStats()
+    result = ReplayResult(total, packets=parts[0]["packets"], failed=parts[0]["failed"])
+    for part in parts:
+        _merge(total, part["totals"])
+        for rel, sha, nbytes, nrows in part["files"]:
+            sink.record(rel, sha, nbytes, nrows)
+            stats.files += 1
+            stats.rows += nrows
+            stats.bytes += nbytes
+    return result, stats
+
+
+def _merge(into: Totals, part: dict[str, Any]) -> None:
+    for f in fields(Totals):
+        v = part[f.name]
+        if isinstance(v, dict):
+            d = getattr(into, f.name)
+            for k, n in v.items():
+                d[k] = d.get(k, 0) + n
+        else:
+            setattr(into, f.name, getattr(into, f.name) + v)
+
+
+def _worker(
+    k: int,
+    n: int,
+    files: list[Path],
+    ports: set[int],
+    keys: str,
+    hmac_key: bytes | None,
+    out: str,
+    host: str,
+    done: list[Any] | None,
+    results: Any,
+) -> None:
+    sink = ParquetSink(Path(out), host=host, manifest=False)
+    progress = None
+    if done is not None:
+        index = {f: i for i, f in enumerate(files)}
+
+        def progress(f: Path, n_done: int, _total: int) -> None:
+            done[index[f]].value = n_done
+
+    result = replay(files, ports, Redactor(KeysPolicy(keys), hmac_key), sink.write_many, progress, shard=(k, n))
+    sink.close()
+    totals = {f.name: getattr(result.totals, f.name) for f in fields(Totals)}
+    results.put(
+        {"k": k, "totals": totals, "packets": result.packets, "failed": result.failed, "files": sink.unrecorded}
+    )

@@ -17,9 +17,8 @@ import json
 import os
 import socket
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from operator import attrgetter
 from pathlib import Path
 
 import pyarrow as pa
@@ -68,9 +67,8 @@ COLUMNS: dict[str, pa.DataType] = {
     "host": _S,
 }
 SCHEMA = pa.schema([pa.field(n, t) for n, t in COLUMNS.items()])
-_ROW_FIELDS = [f.name for f in fields(Row)]
-assert _ROW_FIELDS[0] == "ts_ns" and _ROW_FIELDS[1:] == list(COLUMNS)[1:-1], "Row and COLUMNS out of step"
-_as_tuple = attrgetter(*_ROW_FIELDS)
+assert Row._fields[0] == "ts_ns" and list(Row._fields[1:]) == list(COLUMNS)[1:-1], "Row and COLUMNS out of step"
+_DAY_NS = 86_400 * 1_000_000_000
 MANIFEST = "manifest.jsonl"
 
 
@@ -96,7 +94,15 @@ def _fsync_dir(path: Path) -> None:
 class ParquetSink:
     """Buffers rows (bounded) and writes one file per UTC date per flush."""
 
-    def __init__(self, out: Path, host: str | None = None, rows_per_file: int = limits.SINK_ROWS_PER_FILE) -> None:
+    def __init__(
+        self,
+        out: Path,
+        host: str | None = None,
+        rows_per_file: int = limits.SINK_ROWS_PER_FILE,
+        manifest: bool = True,
+    ) -> None:
+        """``manifest=False``: finished files are listed in ``unrecorded`` for a parent process to record
+        (parallel replay: one writer of the manifest chain)."""
         out = Path(out)
         if not out.parent.exists():
             raise SinkError(f"the parent of --out does not exist: {out.parent}")
@@ -111,18 +117,21 @@ class ParquetSink:
         self.host = host if host is not None else socket.gethostname()
         self.rows_per_file = rows_per_file
         self.stats = SinkStats()
-        self._rows: list[tuple] = []
+        self._rows: list[Row] = []
+        self._days: dict[int, str] = {}
         self._run = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{os.getpid()}"
         self._n = 0
         self._last_flush = time.monotonic()
+        self._manifest = manifest
+        self.unrecorded: list[tuple[str, str, int, int]] = []
 
     def write(self, row: Row) -> None:
-        self._rows.append(_as_tuple(row))
+        self._rows.append(row)
         if len(self._rows) >= self.rows_per_file:
             self.flush()
 
     def write_many(self, rows: list[Row]) -> None:
-        self._rows.extend(map(_as_tuple, rows))
+        self._rows.extend(rows)
         if len(self._rows) >= self.rows_per_file:
             self.flush()
 
@@ -136,17 +145,26 @@ class ParquetSink:
         if not self._rows:
             return
         rows, self._rows = self._rows, []
-        by_date: dict[str, list[tuple]] = {}
+        first, last = rows[0][0] // _DAY_NS, rows[-1][0] // _DAY_NS
+        if first == last and all(r[0] // _DAY_NS == first for r in rows):
+            self._write_file(self._day(first), rows)
+            return
+        by_day: dict[int, list[Row]] = {}
         for r in rows:
-            day = datetime.fromtimestamp(r[0] // 1_000_000_000, UTC).strftime("%Y-%m-%d")
-            by_date.setdefault(day, []).append(r)
-        for day, part in by_date.items():
-            self._write_file(day, part)
+            by_day.setdefault(r[0] // _DAY_NS, []).append(r)
+        for day, part in sorted(by_day.items()):
+            self._write_file(self._day(day), part)
+
+    def _day(self, day: int) -> str:
+        name = self._days.get(day)
+        if name is None:
+            name = self._days[day] = datetime.fromtimestamp(day * 86_400, UTC).strftime("%Y-%m-%d")
+        return name
 
     def close(self) -> None:
         self.flush()
 
-    def _table(self, rows: list[tuple]) -> pa.Table:
+    def _table(self, rows: list[Row]) -> pa.Table:
         cols = list(zip(*rows, strict=True))
         arrays = [
             pa.array(cols[0], pa.timestamp("ns", tz="UTC")).cast(pa.timestamp("us", tz="UTC"), safe=False),
@@ -155,7 +173,7 @@ class ParquetSink:
         ]
         return pa.Table.from_arrays(arrays, schema=SCHEMA)
 
-    def _write_file(self, day: str, rows: list[tuple]) -> None:
+    def _write_file(self, day: str, rows: list[Row]) -> None:
         self._n += 1
         part_dir = self.out / f"date={day}"
         part_dir.mkdir(exist_ok=True)
@@ -170,17 +188,21 @@ class ParquetSink:
             os.fsync(f.fileno())
         os.replace(tmp, part_dir / name)
         _fsync_dir(part_dir)
-        self._record(f"date={day}/{name}", data, len(rows))
+        entry = (f"date={day}/{name}", hashlib.sha256(data).hexdigest(), len(data), len(rows))
+        if self._manifest:
+            self.record(*entry)
+        else:
+            self.unrecorded.append(entry)
         self.stats.rows += len(rows)
         self.stats.files += 1
         self.stats.bytes += len(data)
 
-    def _record(self, rel: str, data: bytes, nrows: int) -> None:
+    def record(self, rel: str, sha: str, nbytes: int, nrows: int) -> None:
+        """Append a finished file to the hash-chained manifest (fsynced)."""
         manifest = self.out / MANIFEST
         prev = last_chain(manifest)
-        sha = hashlib.sha256(data).hexdigest()
         chain = hashlib.sha256(f"{prev}{rel}{sha}".encode()).hexdigest()
-        entry = {"file": rel, "rows": nrows, "bytes": len(data), "sha256": sha, "prev": prev, "chain": chain}
+        entry = {"file": rel, "rows": nrows, "bytes": nbytes, "sha256": sha, "prev": prev, "chain": chain}
         with open(manifest, "a", encoding="utf-8") as f:
             f.write(json.dumps(entry, sort_keys=True) + "\n")
             f.flush()

@@ -9,8 +9,9 @@ lengths only (DESIGN.md §4).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import IntEnum, StrEnum
+from typing import NamedTuple
 
 
 class Direction(IntEnum):
@@ -282,12 +283,15 @@ class Exchange:
     lost_events: int | None = None
 
     def __repr__(self) -> str:
-        return f"Exchange(event={self.event}, conn={self.conn!r}, seq={self.seq}, status={self.status}, request={self.request!r})"
+        return (
+            f"Exchange(event={self.event}, conn={self.conn!r}, seq={self.seq}, "
+            f"status={self.status}, request={self.request!r})"
+        )
 
 
-@dataclass(slots=True)
-class Row:
-    """One redacted audit row: exactly the columns written (docs/schema.md)."""
+class Row(NamedTuple):
+    """One redacted audit row: exactly the columns written (docs/schema.md).
+    A tuple, so the sink buffers it as it is."""
 
     ts_ns: int
     event: str
@@ -317,7 +321,7 @@ class Row:
     reply_type: str | None = None
     resp: int | None = None
     tx: str | None = None
-    acl_categories: list[str] | None = field(default=None)
+    acl_categories: list[str] | None = None
     detail: str | None = None
     lost_bytes: int | None = None
     lost_events: int | None = None

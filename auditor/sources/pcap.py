@@ -110,11 +110,13 @@ def read_pcap(
     stats: PcapStats | None = None,
     *,
     max_connections: int = limits.MAX_CONNECTIONS,
+    shard: tuple[int, int] | None = None,
 ) -> PcapReader:
     """Events of a capture file, in file order: iterate the result (its ``stats`` fill as it advances).
     ``progress(bytes_read, total_bytes)`` is called after each read block. ``CaptureError`` is raised when
-    iteration starts (before any event) if the file cannot be opened or is not a pcap / pcapng file."""
-    return PcapReader(path, server_ports, progress, stats, max_connections=max_connections)
+    iteration starts (before any event) if the file cannot be opened or is not a pcap / pcapng file.
+    ``shard=(k, n)``: only the k-th of n shares of the connections (file-wide losses only in share 0)."""
+    return PcapReader(path, server_ports, progress, stats, max_connections=max_connections, shard=shard)
 
 
 class PcapReader:
@@ -132,8 +134,10 @@ class PcapReader:
         stats: PcapStats | None = None,
         *,
         max_connections: int = limits.MAX_CONNECTIONS,
+        shard: tuple[int, int] | None = None,
     ) -> None:
         self.path = os.fspath(path)
+        self.shard = shard
         self.server_ports = set(server_ports)
         self.progress = progress
         self.stats = stats if stats is not None else PcapStats()
@@ -144,8 +148,9 @@ class PcapReader:
         if self._it is None:
             kind = _check_header(self.path)
             self.stats.format = kind
-            tracker = TcpTracker(self.server_ports, Source.PCAP, self.max_connections)
-            batches = _batches(self.path, kind, tracker, self.stats, self.progress)
+            tracker = TcpTracker(self.server_ports, Source.PCAP, self.max_connections, self.shard)
+            file_losses = self.shard is None or self.shard[0] == 0
+            batches = _batches(self.path, kind, tracker, self.stats, self.progress, file_losses)
             self._it = itertools.chain.from_iterable(batches)
         return self._it
 
@@ -177,32 +182,38 @@ def _check_header(path: str) -> str:
 
 
 def _batches(
-    path: str, kind: str, tracker: TcpTracker, st: PcapStats, progress: ProgressFn | None
+    path: str, kind: str, tracker: TcpTracker, st: PcapStats, progress: ProgressFn | None, file_losses: bool = True
 ) -> Iterator[list[SourceEvent]]:
     with open(path, "rb") as f:
         inp = _Input(f, os.fstat(f.fileno()).st_size, progress, st)
-        decode = _make_decoder(tracker, st)
+        decode = make_decoder(tracker, st)
         try:
             if kind == "pcap":
                 yield from _read_pcap(inp, st, decode)
             else:
                 yield from _read_pcapng(inp, st, decode)
             ts = st.last_ts_ns or 0
-            end: list[SourceEvent] = []
-            if st.truncated is not None:
-                end.append(Loss(None, ts, f"truncated file: {st.truncated}", nbytes=st.bytes_total - inp.consumed))
-            if st.ip_fragments:
-                end.append(Loss(None, ts, "IP fragments not reassembled", count=st.ip_fragments))
-            if st.malformed:
-                end.append(Loss(None, ts, "malformed packets skipped", count=st.malformed))
-            for link, n in sorted(st.unsupported_link.items()):
-                end.append(Loss(None, ts, f"unsupported link type {link}", count=n))
+            end: list[SourceEvent] = _file_losses(st, ts, inp.consumed) if file_losses else []
             end += tracker.finish(ts)
             yield end
         finally:
             st.tcp_packets = tracker.packets
             for name in _TRACKER_COUNTERS:
                 setattr(st, name, getattr(tracker, name))
+
+
+def _file_losses(st: PcapStats, ts: int, consumed: int) -> list[SourceEvent]:
+    """What the whole file lost, as conn-less Loss events."""
+    end: list[SourceEvent] = []
+    if st.truncated is not None:
+        end.append(Loss(None, ts, f"truncated file: {st.truncated}", nbytes=st.bytes_total - consumed))
+    if st.ip_fragments:
+        end.append(Loss(None, ts, "IP fragments not reassembled", count=st.ip_fragments))
+    if st.malformed:
+        end.append(Loss(None, ts, "malformed packets skipped", count=st.malformed))
+    for link, n in sorted(st.unsupported_link.items()):
+        end.append(Loss(None, ts, f"unsupported link type {link}", count=n))
+    return end
 
 
 class _Input:
@@ -436,9 +447,10 @@ def _parse_idb(buf: bytes, off: int, bend: int, order: str) -> tuple[int, int, i
 _Decoder = Callable[[list[SourceEvent], bytes, int, int, int, int, int], None]
 
 
-def _make_decoder(tracker: TcpTracker, st: PcapStats) -> _Decoder:
+def make_decoder(tracker: TcpTracker, st: PcapStats) -> _Decoder:
     """A function ``decode(out, buf, start, end, wirelen, link, ts_ns)`` for one packet in ``buf[start:end]``:
-    appends its events to ``out``, counts what it skips in ``st``."""
+    appends its events to ``out``, counts what it skips in ``st``. ``buf`` is anything indexable and sliceable
+    to bytes (bytes, an mmap: the live sniffer decodes straight from its capture ring)."""
     feed = tracker.feed
     ip4tcp = struct.Struct("!BxHxxHxB2x4s4sHHI4xBB").unpack_from  # IPv4 without options, then TCP
     ip4 = struct.Struct("!BxHxxHxB2x4s4s").unpack_from

@@ -117,8 +117,14 @@ class TcpTracker:
         server_ports: set[int] | frozenset[int],
         source: Source,
         max_connections: int = limits.MAX_CONNECTIONS,
+        shard: tuple[int, int] | None = None,
     ) -> None:
+        """``shard=(k, n)``: track only connections whose client port % n == k (parallel replay: n
+        workers each take one share of the connections, whole)."""
         self.server_ports = frozenset(server_ports)
+        if shard is not None and shard[1] > 1:
+            self._shard = shard
+            self.feed = self._feed_shard  # type: ignore[method-assign]
         self.source = source
         self.max_connections = max(1, max_connections)
         self._flows: dict[tuple, _Flow] = {}  # (src, sport, dst, dport) -> direction of an open connection
@@ -156,6 +162,24 @@ class TcpTracker:
         out: list[SourceEvent] = []
         self.feed(out, ts_ns, src_ip, sport, dst_ip, dport, seq, flags, payload, orig_payload_len)
         return out
+
+    def _feed_shard(
+        self,
+        out: list[SourceEvent],
+        ts_ns: int,
+        src_ip: str | bytes,
+        sport: int,
+        dst_ip: str | bytes,
+        dport: int,
+        seq: int,
+        flags: int,
+        payload: bytes,
+        orig_payload_len: int,
+    ) -> None:
+        k, n = self._shard
+        # Mix the client port first: Linux gives connect() even ports, so port % 2 would not split.
+        if (((sport if dport in self.server_ports else dport) * 0x9E3779B1) >> 12) % n == k:
+            TcpTracker.feed(self, out, ts_ns, src_ip, sport, dst_ip, dport, seq, flags, payload, orig_payload_len)
 
     def feed(
         self,
