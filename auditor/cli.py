@@ -145,7 +145,7 @@ def _preset_names() -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    err = Console(stderr=True, highlight=False)
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
     try:
         return int(_dispatch(args) or 0)
     except CliError as e:
@@ -175,6 +175,12 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return cmd_live(args)
     raise CliError(f"unknown verb {verb}")
+
+
+def stdout_console() -> Console:
+    """Tables fold long values instead of cutting them; when piped, wider than 80 columns."""
+    c = Console()
+    return c if c.is_terminal else Console(width=160)
 
 
 def out_dir(args: argparse.Namespace) -> Path:
@@ -223,7 +229,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             raise CliError(f"cannot read {f}", "check the path and permissions")
     policy, key = key_policy(args)
     sink = make_sink(args)
-    err = Console(stderr=True)
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
     show = err.is_terminal and not args.json and sum(f.stat().st_size for f in args.files) > 5_000_000
     t0 = time.monotonic()
     jobs = args.jobs if args.jobs is not None else default_jobs(args.files)
@@ -285,7 +291,7 @@ def _print_summary(summary: dict[str, Any], as_json: bool, title: str) -> None:
     for k, v in summary.items():
         style = "yellow" if k in loss_keys and v else None
         table.add_row(k.replace("_", " "), str(v), style=style)
-    Console().print(table)
+    stdout_console().print(table)
 
 
 # -------------------------------------------------------------------- query
@@ -316,10 +322,12 @@ def cmd_query(args: argparse.Namespace) -> int:
         w.writerow(cols)
         w.writerows(rows)
     else:
-        table = Table(*cols, title=f"{len(rows)} row(s)", title_justify="left")
+        from rich.table import Column
+
+        table = Table(*(Column(c, overflow="fold") for c in cols), title=f"{len(rows)} row(s)", title_justify="left")
         for r in rows[: args.limit]:
             table.add_row(*("" if v is None else str(v) for v in r))
-        Console().print(table)
+        stdout_console().print(table)
         if len(rows) > args.limit:
             Console(stderr=True).print(f"[dim]{len(rows) - args.limit} more rows: use --limit, --json or --csv[/]")
     return 0
@@ -338,7 +346,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         table = Table("check", "ok", "detail", "fix", title="redis-audit doctor", title_justify="left")
         for c in results:
             table.add_row(c.name, "[green]yes[/]" if c.ok else "[red]no[/]", c.detail, "" if c.ok else c.fix)
-        Console().print(table)
+        stdout_console().print(table)
     return 0 if all(c.ok for c in results) else 1
 
 
@@ -351,9 +359,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(json.dumps({"trail": str(out), "ok": not problems, "problems": problems}))
     else:
         for p in problems:
-            Console().print(f"[red]✗[/] {p}")
+            stdout_console().print(f"[red]✗[/] {p}", soft_wrap=True)
         if not problems:
-            Console().print(f"[green]✓[/] {out}: every file matches the manifest's hash chain")
+            stdout_console().print(f"[green]✓[/] {out}: every file matches the manifest's hash chain", soft_wrap=True)
     if problems:
         raise CliError(f"{len(problems)} problem(s) in the trail at {out}", "the trail was altered or is incomplete")
     return 0

@@ -55,13 +55,16 @@ def _make_source(args: argparse.Namespace, err: Console) -> LiveSource:
 
 
 def _sniff_source(args: argparse.Namespace, ports: list[int] | None) -> LiveSource:
-    from auditor.sources.sniff import SniffError, SniffSource, local_redis_ports
+    from auditor.sources.sniff import SniffError, SniffSource, capture_ifaces, local_redis_ports
 
     if ports is None:
         ports = sorted(local_redis_ports()) or [6379]
+    ifaces = args.iface or None
+    if ifaces is None and args.verb == "run":  # where the local Redis listens: lo if loopback only, else any
+        ifaces = capture_ifaces(set(ports))
     try:
         return SniffSource(
-            ifaces=args.iface or None,
+            ifaces=ifaces,
             ports=set(ports),
             write_pcap=args.write_pcap,
             pcap_max_bytes=args.pcap_max_mb * 1024 * 1024,
@@ -71,7 +74,7 @@ def _sniff_source(args: argparse.Namespace, ports: list[int] | None) -> LiveSour
 
 
 def cmd_live(args: argparse.Namespace) -> int:
-    err = Console(stderr=True)
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
     if os.geteuid() != 0:
         raise CliError(f"`redis-audit {args.verb}` needs root", f"sudo redis-audit {args.verb} …")
     redactor = make_redactor(args)

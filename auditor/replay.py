@@ -53,7 +53,7 @@ def replay(
                 pipe.feed(ev)
                 last_ts = ev.ts_ns
         except CaptureError as e:
-            result.failed.append(f"{f}: {e}")
+            result.failed.append(str(e))  # names the file already
         result.packets += reader.stats.packets
         pipe.close(last_ts, "eof")
     return result

@@ -127,6 +127,7 @@ class Session:
     _in_multi: bool = False
     _subs: int = 0  # channel + pattern + shard subscriptions (from confirmations)
     _monitor: bool = False
+    _proto_reply: Reply | None = None  # "ERR Protocol error" that came before its parse error
 
     def __post_init__(self) -> None:
         if not self.mid_stream:
@@ -238,7 +239,10 @@ class Session:
         while True:
             self._settle(rep.ts_ns)
             if not pending:
-                self.stats.unmatched_replies += 1
+                if _is_protocol_error(rep) and self._proto_reply is None:
+                    self._proto_reply = rep  # the decoder reports the bad request once it has resynced
+                else:
+                    self.stats.unmatched_replies += 1
                 return
             head = pending[0]
             if head.expect == VARIABLE and head.got > 0 and confirmation != head.cmd.lower():
@@ -406,7 +410,15 @@ class Session:
         ex = Exchange(Event.PARSE_ERROR, self.conn, err.ts_ns, self.meta, detail=f"to_server: {err.reason}")
         ex.lost_bytes = err.nbytes
         ex.status = Status.NO_REPLY
-        self._push(_Pending(ex, b"", 1, optional=True))
+        p = _Pending(ex, b"", 1, optional=True)
+        rep, self._proto_reply = self._proto_reply, None
+        if rep is not None and not self._pending:
+            ex.reply_ts_ns, ex.reply_bytes, ex.reply_type = rep.ts_ns, rep.nbytes, rep.kind.value
+            self._finish(p, Status.ERROR, rep)
+        else:
+            if rep is not None:
+                self.stats.unmatched_replies += 1
+            self._push(p)
 
     def reply_error(self, err: ParseError) -> None:
         self.stats.parse_errors += 1
@@ -422,6 +434,9 @@ class Session:
     def close(self, ts_ns: int, reason: str) -> None:
         """Connection ended: flush what never got a reply."""
         self._settle(ts_ns)
+        if self._proto_reply is not None:
+            self._proto_reply = None
+            self.stats.unmatched_replies += 1
         while self._pending:
             p = self._pending.popleft()
             if p.expect == VARIABLE and p.got > 0:
