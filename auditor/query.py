@@ -55,7 +55,7 @@ PRESETS: dict[str, Preset] = {
             "key",
             "who touched keys matching a LIKE pattern (--param 'user:%')",
             "SELECT ts, user, client_addr, command, keys, status FROM audit "
-            "WHERE event = 'command' AND len(list_filter(keys, k -> k LIKE $param)) > 0 ORDER BY ts",
+            "WHERE event = 'command' AND len(list_filter(keys, lambda k: k LIKE $param)) > 0 ORDER BY ts",
             needs_param=True,
         ),
         Preset(
