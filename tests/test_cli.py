@@ -11,10 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from golden import PCAPS, manifest
 
 from auditor.cli import build_parser
 from auditor.query import PRESETS
-from golden import PCAPS, manifest
 
 CLI = [sys.executable, "-m", "auditor.cli"]
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()

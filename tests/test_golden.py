@@ -13,7 +13,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
 from golden import EXPECTED, captures, commands, manifest, rows, run_replay
 
 REGEN = os.environ.get("REDIS_AUDIT_REGEN") == "1"
