@@ -298,7 +298,11 @@ def test_reply_gap_marks_earlier_requests_unknown():
     c.s.reply_gap(Gap(c.tick(), 100))
     c.req("GET", "c").rep("$", b"c")
     out = c.close()
-    assert [(r.request.args[1].decode(), r.status.value) for r in out] == [("a", "unknown"), ("b", "unknown"), ("c", "ok")]
+    assert [(r.request.args[1].decode(), r.status.value) for r in out] == [
+        ("a", "unknown"),
+        ("b", "unknown"),
+        ("c", "ok"),
+    ]
     assert any(e.event is Event.GAP for e in c.out)
 
 
