@@ -135,8 +135,6 @@ EBPF_MAX_IOV = 16
 # maxclients defaults to 10,000; an accept that finds the map full is counted and
 # its connection is not captured.
 EBPF_MAX_CONNS = 65536
-# Server processes tracked at once.
-EBPF_MAX_TARGETS = 1024
 # The kernel wakes the consumer only when this much is pending in the ring buffer
 # (bpf_ringbuf_query); otherwise the consumer drains on its poll timer, so there
 # is no wakeup per event (a wakeup per event costs more than the event). A
@@ -157,3 +155,28 @@ EBPF_MAX_BATCH_BYTES = 4 * 1024 * 1024
 # misclassified reply of 65536 arrays of 65536 elements would build 4 billion
 # objects. Beyond it elements are only counted (``count``), not kept.
 MAX_REPLY_GRANDCHILDREN = 65536
+
+# --- sniff (added) -----------------------------------------------------------------
+# Kernel capture ring per packet socket (TPACKET_V3, locked kernel memory). A small
+# request or reply takes ~240 bytes in it (frame header, address, headers, payload), so
+# 32 MiB holds ~140k packets: over a second of redis-benchmark -c 50 on loopback (~100k
+# packets/s), the longest the reader thread should ever go unscheduled.
+SNIFF_RING_BYTES = 32 * 1024 * 1024
+# One ring block: the kernel hands packets over a block at a time. It must hold the
+# largest packet whole (loopback MTU 64 KiB, GSO packets up to 64 KiB); larger packets are
+# cut to the block and the rest becomes a gap.
+SNIFF_BLOCK_BYTES = 1024 * 1024
+# A block that is not full is handed over after this long: the latency of a quiet capture
+# (and how long close() waits for the last packets).
+SNIFF_BLOCK_TIMEOUT_MS = 20
+# Ring blocks handled per poll() at most (~5k small packets each): bounds the batch handed
+# downstream and the time between poll() returns under a flood; the rest stays in the ring.
+SNIFF_MAX_BLOCKS_PER_POLL = 4
+# Ports in the in-kernel filter (two instructions per port per direction); with more the
+# filter keeps all TCP and the tracker drops other ports (counted as other_port).
+SNIFF_MAX_FILTER_PORTS = 256
+# Captured blocks waiting for the pipeline (sniff's reader thread empties the kernel ring
+# into this as soon as a block is handed over). Sized for bursts: redis-benchmark -c 50
+# -n 200000 -t set,get (400k commands, ~80 MB of ring blocks) fits whole while the pipeline
+# runs behind. When full the ring fills and the kernel drops, counted as gap rows.
+SNIFF_BACKLOG_BYTES = 256 * 1024 * 1024

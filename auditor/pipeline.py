@@ -129,7 +129,7 @@ class Pipeline:
     def _requests(self, c: _Conn, pieces: list) -> None:
         dec, s = c.req_dec, c.session
         for p in pieces:
-            frames = dec.gap(p.nbytes, p.ts_ns) if type(p) is Gap else dec.feed(p[1], p[0])
+            frames = dec.gap(p.nbytes, p.ts_ns, p.reason) if type(p) is Gap else dec.feed(p[1], p[0])
             for f in frames:
                 if type(f) is Request:
                     s.request(f)
@@ -141,7 +141,7 @@ class Pipeline:
     def _replies(self, c: _Conn, pieces: list) -> None:
         dec, s = c.rep_dec, c.session
         for p in pieces:
-            frames = dec.gap(p.nbytes, p.ts_ns) if type(p) is Gap else dec.feed(p[1], p[0])
+            frames = dec.gap(p.nbytes, p.ts_ns, p.reason) if type(p) is Gap else dec.feed(p[1], p[0])
             for f in frames:
                 if type(f) is Reply:
                     s.reply(f)
