@@ -113,8 +113,8 @@ def cmd_live(args: argparse.Namespace) -> int:
     finally:
         if view is not None:
             view.stop()
-        for s, h in old.items():
-            signal.signal(s, h)
+        # Signals stay caught until the files are final: a second Ctrl-C while a backlog drains
+        # must not lose the trail.
         pipe.feed_many(source.close())
         ts = time.time_ns()
         pipe.close(ts, "auditor_stop")
@@ -122,6 +122,8 @@ def cmd_live(args: argparse.Namespace) -> int:
         summary = _summary(pipe.totals, sink.stats, time.monotonic() - t0) | counters
         pipe.lifecycle(Event.AUDITOR_STOP, ts, json.dumps({"reason": stop["why"] or "error", **counters}))
         sink.close()
+        for s, h in old.items():
+            signal.signal(s, h)
     summary["rows"] = sink.stats.rows
     summary["files"] = sink.stats.files
     _print_summary(summary, args.json, f"audited {source.describe()} into {sink.out}")

@@ -20,6 +20,7 @@ from auditor.pipeline import Pipeline, Totals
 from auditor.redact import KeysPolicy, Redactor
 from auditor.sink import ParquetSink, SinkStats
 from auditor.sources.pcap import CaptureError, read_pcap
+from auditor.sources.tcp import TcpTracker
 from auditor.types import Row, Source
 
 # Below this many bytes of input, starting worker processes costs more than it saves.
@@ -41,13 +42,16 @@ def replay(
     progress: Callable[[Path, int, int], None] | None = None,
     shard: tuple[int, int] | None = None,
 ) -> ReplayResult:
-    """Replay each file in turn in this process; connections end with their file."""
+    """Replay the files in this process as consecutive parts of one capture (give them in capture
+    order: a connection that spans a rotation stays one connection); connections end with the last."""
     pipe = Pipeline(redactor, write, Source.PCAP)
     result = ReplayResult(pipe.totals)
-    for f in files:
-        last_ts = 0
+    files = list(files)
+    tracker = TcpTracker(ports, Source.PCAP, shard=shard)
+    last_ts = 0
+    for i, f in enumerate(files):
         cb = (lambda done, total, f=f: progress(f, done, total)) if progress is not None else None
-        reader = read_pcap(f, ports, progress=cb, shard=shard)
+        reader = read_pcap(f, ports, progress=cb, shard=shard, tracker=tracker, last=i == len(files) - 1)
         try:
             for ev in reader:
                 pipe.feed(ev)
@@ -55,7 +59,10 @@ def replay(
         except CaptureError as e:
             result.failed.append(str(e))  # names the file already
         result.packets += reader.stats.packets
-        pipe.close(last_ts, "eof")
+    if result.failed:  # a part could not be read: its connections' ends were never seen
+        for ev in tracker.finish(last_ts):
+            pipe.feed(ev)
+    pipe.close(last_ts, "eof")
     return result
 
 

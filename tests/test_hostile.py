@@ -161,3 +161,24 @@ def test_planted_secrets_and_values_never_reach_the_trail(tmp_path: Path) -> Non
         assert "CANARY" not in everything
         cmds = json.loads(q.stdout)
         assert len([r for r in cmds if r["event"] == "command"]) == 10
+
+
+def test_capture_split_in_parts_replays_as_one(tmp_path: Path) -> None:
+    """tcpdump -C / --write-pcap rotation: a connection spanning files stays one connection."""
+    c = Capture()
+    c.conversation([(cmd("AUTH", "app", "pw"), b"+OK\r\n"), *[(cmd("INCR", "n"), b":1\r\n")] * 20], cport=40100)
+    whole = c.write(tmp_path / "whole.pcap")
+    head, recs = whole.read_bytes()[:24], c.records
+    (tmp_path / "part.pcap").write_bytes(head + b"".join(recs[: len(recs) // 2]))
+    (tmp_path / "part.pcap.1").write_bytes(head + b"".join(recs[len(recs) // 2 :]))
+    a = subprocess.run([*CLI, "replay", str(whole), "--out", str(tmp_path / "a")], capture_output=True, timeout=60)
+    b = subprocess.run(
+        [*CLI, "replay", str(tmp_path / "part.pcap"), str(tmp_path / "part.pcap.1"), "--out", str(tmp_path / "b")],
+        capture_output=True, timeout=60,
+    )  # fmt: skip
+    assert a.returncode == 0 and b.returncode == 0
+    ra, rb = commands(tmp_path / "a"), commands(tmp_path / "b")
+    assert len(ra) == 21 and [(r["seq"], r["user"], r["status"]) for r in rb] == [
+        (r["seq"], r["user"], r["status"]) for r in ra
+    ]
+    assert all(r["user"] == "app" for r in rb[1:])

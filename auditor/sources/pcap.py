@@ -111,12 +111,18 @@ def read_pcap(
     *,
     max_connections: int = limits.MAX_CONNECTIONS,
     shard: tuple[int, int] | None = None,
+    tracker: TcpTracker | None = None,
+    last: bool = True,
 ) -> PcapReader:
     """Events of a capture file, in file order: iterate the result (its ``stats`` fill as it advances).
     ``progress(bytes_read, total_bytes)`` is called after each read block. ``CaptureError`` is raised when
     iteration starts (before any event) if the file cannot be opened or is not a pcap / pcapng file.
-    ``shard=(k, n)``: only the k-th of n shares of the connections (file-wide losses only in share 0)."""
-    return PcapReader(path, server_ports, progress, stats, max_connections=max_connections, shard=shard)
+    ``shard=(k, n)``: only the k-th of n shares of the connections (file-wide losses only in share 0).
+    Consecutive parts of one capture (``tcpdump -C``, ``--write-pcap`` rotation) share one ``tracker``;
+    connections are closed at the end of the ``last`` part only."""
+    return PcapReader(
+        path, server_ports, progress, stats, max_connections=max_connections, shard=shard, tracker=tracker, last=last
+    )
 
 
 class PcapReader:
@@ -135,9 +141,13 @@ class PcapReader:
         *,
         max_connections: int = limits.MAX_CONNECTIONS,
         shard: tuple[int, int] | None = None,
+        tracker: TcpTracker | None = None,
+        last: bool = True,
     ) -> None:
         self.path = os.fspath(path)
         self.shard = shard
+        self.tracker = tracker
+        self.last = last
         self.server_ports = set(server_ports)
         self.progress = progress
         self.stats = stats if stats is not None else PcapStats()
@@ -148,9 +158,11 @@ class PcapReader:
         if self._it is None:
             kind = _check_header(self.path)
             self.stats.format = kind
-            tracker = TcpTracker(self.server_ports, Source.PCAP, self.max_connections, self.shard)
+            tracker = self.tracker
+            if tracker is None:
+                tracker = TcpTracker(self.server_ports, Source.PCAP, self.max_connections, self.shard)
             file_losses = self.shard is None or self.shard[0] == 0
-            batches = _batches(self.path, kind, tracker, self.stats, self.progress, file_losses)
+            batches = _batches(self.path, kind, tracker, self.stats, self.progress, file_losses, self.last)
             self._it = itertools.chain.from_iterable(batches)
         return self._it
 
@@ -182,7 +194,13 @@ def _check_header(path: str) -> str:
 
 
 def _batches(
-    path: str, kind: str, tracker: TcpTracker, st: PcapStats, progress: ProgressFn | None, file_losses: bool = True
+    path: str,
+    kind: str,
+    tracker: TcpTracker,
+    st: PcapStats,
+    progress: ProgressFn | None,
+    file_losses: bool = True,
+    last: bool = True,
 ) -> Iterator[list[SourceEvent]]:
     with open(path, "rb") as f:
         inp = _Input(f, os.fstat(f.fileno()).st_size, progress, st)
@@ -194,7 +212,8 @@ def _batches(
                 yield from _read_pcapng(inp, st, decode)
             ts = st.last_ts_ns or 0
             end: list[SourceEvent] = _file_losses(st, ts, inp.consumed) if file_losses else []
-            end += tracker.finish(ts)
+            if last:
+                end += tracker.finish(ts)
             yield end
         finally:
             st.tcp_packets = tracker.packets
