@@ -82,6 +82,7 @@ def cmd_live(args: argparse.Namespace) -> int:
     sink = make_sink(args)
     source = _make_source(args, err)
     pipe = Pipeline(redactor, sink.write_many, source.kind)
+    pipe.tally = bool(args.live)
     stop = {"why": ""}
 
     def on_signal(signum: int, _frame: Any) -> None:

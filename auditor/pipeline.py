@@ -76,6 +76,7 @@ class Pipeline:
         self.write = write
         self.source = source
         self.totals = Totals()
+        self.tally = False  # count rows per command and user (the live view)
         self._conns: dict[str, _Conn] = {}
 
     # ------------------------------------------------------------------ input
@@ -84,15 +85,29 @@ class Pipeline:
             self.feed(ev)
 
     def feed(self, ev: SourceEvent) -> None:
-        if type(ev) is Chunk:
+        if type(ev) is Chunk:  # the hot path: written out flat
             c = self._conns.get(ev.conn)
             if c is None:
                 c = self._open(ConnOpen(ev.conn, ev.ts_ns, ConnMeta(self.source), mid_stream=True))
+            s = c.session
             if ev.direction is Direction.TO_SERVER:
-                self._requests(c, c.req_stream.push(ev))
+                dec = c.req_dec
+                for p in c.req_stream.push(ev):
+                    for f in dec.feed(p[1], p[0]) if type(p) is tuple else dec.gap(p.nbytes, p.ts_ns, p.reason):
+                        if type(f) is Request:
+                            s.request(f)
+                        else:
+                            self._route_request(s, f)
             else:
-                self._replies(c, c.rep_stream.push(ev))
-            self._emit(c.session)
+                rdec = c.rep_dec
+                for p in c.rep_stream.push(ev):
+                    for g in rdec.feed(p[1], p[0]) if type(p) is tuple else rdec.gap(p.nbytes, p.ts_ns, p.reason):
+                        if type(g) is Reply:
+                            s.reply(g)
+                        else:
+                            self._route_reply(s, g)
+            if s._out:
+                self._rows(s.drain())
         elif type(ev) is ConnOpen:
             old = self._conns.get(ev.conn)
             if old is not None:
@@ -129,26 +144,14 @@ class Pipeline:
     def _requests(self, c: _Conn, pieces: list) -> None:
         dec, s = c.req_dec, c.session
         for p in pieces:
-            frames = dec.gap(p.nbytes, p.ts_ns, p.reason) if type(p) is Gap else dec.feed(p[1], p[0])
-            for f in frames:
-                if type(f) is Request:
-                    s.request(f)
-                elif type(f) is Gap:
-                    s.request_gap(f)
-                elif type(f) is ParseError:
-                    s.request_error(f)
+            for f in dec.feed(p[1], p[0]) if type(p) is tuple else dec.gap(p.nbytes, p.ts_ns, p.reason):
+                self._route_request(s, f)
 
     def _replies(self, c: _Conn, pieces: list) -> None:
         dec, s = c.rep_dec, c.session
         for p in pieces:
-            frames = dec.gap(p.nbytes, p.ts_ns, p.reason) if type(p) is Gap else dec.feed(p[1], p[0])
-            for f in frames:
-                if type(f) is Reply:
-                    s.reply(f)
-                elif type(f) is Gap:
-                    s.reply_gap(f)
-                elif type(f) is ParseError:
-                    s.reply_error(f)
+            for f in dec.feed(p[1], p[0]) if type(p) is tuple else dec.gap(p.nbytes, p.ts_ns, p.reason):
+                self._route_reply(s, f)
 
     def _emit(self, s: Session) -> None:
         if s._out:
@@ -218,22 +221,24 @@ class Pipeline:
             if ev is Event.COMMAND:
                 t.commands += 1
                 st = ex.status
-                if st is Status.ERROR:
-                    t.errors += 1
-                elif st is Status.NO_REPLY:
-                    t.no_reply += 1
-                elif st is Status.UNKNOWN:
-                    t.unknown += 1
+                if st is not Status.OK:
+                    if st is Status.ERROR:
+                        t.errors += 1
+                    elif st is Status.NO_REPLY:
+                        t.no_reply += 1
+                    elif st is Status.UNKNOWN:
+                        t.unknown += 1
             elif ev is Event.GAP:
                 t.gaps += 1
                 t.gap_bytes += ex.lost_bytes or 0
             elif ev is Event.PARSE_ERROR:
                 t.parse_errors += 1
-            r = row(ex)
-            if ev is Event.COMMAND:
-                t.by_command[r.command or ""] = t.by_command.get(r.command or "", 0) + 1
-                u = r.user or "?"
-                t.by_user[u] = t.by_user.get(u, 0) + 1
-            rows.append(r)
+            rows.append(row(ex))
+        if self.tally:
+            bc, bu = t.by_command, t.by_user
+            for r in rows:
+                if r.event == "command":
+                    bc[r.command or ""] = bc.get(r.command or "", 0) + 1
+                    bu[r.user or "?"] = bu.get(r.user or "?", 0) + 1
         t.rows += len(rows)
         self.write(rows)

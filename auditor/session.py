@@ -46,6 +46,9 @@ SPECIAL = frozenset(
     | UNSUBSCRIBE
 )
 VARIABLE = -1  # expect: consume confirmations until the next other reply
+# Sent inside MULTI but run at once (not QUEUED).
+NOT_QUEUED = frozenset({b"EXEC", b"DISCARD", b"MULTI", b"WATCH", b"QUIT", b"RESET"})
+_KIND = {k: k.value for k in RespType}
 
 DISCARDED = b"DISCARD: transaction discarded, command not executed"
 WATCH_FAILED = b"EXEC aborted: a WATCHed key was modified, command not executed"
@@ -147,7 +150,7 @@ class Session:
         """A client command, in stream order."""
         self._seq += 1
         self.stats.commands += 1
-        ex = Exchange(Event.COMMAND, self.conn, req.ts_ns, self.meta, seq=self._seq, request=req)
+        ex = Exchange(Event.COMMAND, self.conn, req.ts_ns, self.meta, self._seq, None, None, None, req)
         args = req.args
         cmd = args[0].upper() if args else b""
         expect = 1
@@ -163,10 +166,10 @@ class Session:
             expect = 0
         if cmd in SPECIAL:
             expect = self._special_request(cmd, args, expect)
-        queued = self._in_multi and cmd not in (b"EXEC", b"DISCARD", b"MULTI", b"WATCH", b"QUIT", b"RESET")
+        queued = self._in_multi and cmd not in NOT_QUEUED
         if queued:
             ex.tx = "queued"
-        self._push(_Pending(ex, cmd, expect, queued=queued))
+        self._push(_Pending(ex, cmd, expect, queued, False))
         if expect == 0 and len(self._pending) == 1:
             self._settle(req.ts_ns)
 
@@ -202,6 +205,37 @@ class Session:
     # ----------------------------------------------------------------- replies
     def reply(self, rep: Reply) -> None:
         """A server reply or push, in stream order."""
+        pending = self._pending
+        if pending and not self._subs and not self._monitor:
+            # Fast path, most replies: the head expects exactly this one ordinary reply.
+            head = pending[0]
+            kind = rep.kind
+            if (
+                head.expect == 1
+                and not head.queued
+                and not head.optional
+                and kind is not RespType.PUSH
+                and head.cmd not in SPECIAL
+                and rep.ts_ns >= head.ex.ts_ns
+            ):
+                pending.popleft()
+                ex = head.ex
+                ex.reply_ts_ns = rep.ts_ns
+                ex.reply_bytes = rep.nbytes
+                ex.reply_type = _KIND[kind]
+                st = self._st
+                ex.user, ex.db, ex.resp = st.user, st.db, st.resp
+                if kind is RespType.ERROR or kind is RespType.BLOB_ERROR:
+                    ex.status = Status.ERROR
+                    ex.error = rep.value if isinstance(rep.value, bytes) else b""
+                else:
+                    ex.status = Status.OK
+                    if kind is RespType.INTEGER:
+                        ex.reply_int = rep.value  # type: ignore[assignment]
+                self._out.append(ex)
+                if pending and pending[0].expect == 0:
+                    self._settle(rep.ts_ns)
+                return
         if self._monitor and _is_monitor_line(rep):
             self.stats.monitor_lines += 1
             return
@@ -262,7 +296,7 @@ class Session:
         if head.got == 0:
             ex.reply_ts_ns = rep.ts_ns
             ex.reply_bytes = rep.nbytes
-            ex.reply_type = rep.kind.value
+            ex.reply_type = _KIND[rep.kind]
         else:
             ex.reply_bytes = (ex.reply_bytes or 0) + rep.nbytes
         head.got += 1
