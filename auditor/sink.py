@@ -69,6 +69,26 @@ COLUMNS: dict[str, pa.DataType] = {
 SCHEMA = pa.schema([pa.field(n, t) for n, t in COLUMNS.items()])
 assert Row._fields[0] == "ts_ns" and list(Row._fields[1:]) == list(COLUMNS)[1:-1], "Row and COLUMNS out of step"
 _DAY_NS = 86_400 * 1_000_000_000
+_TYPES = list(COLUMNS.values())[1:-1]
+_ACL = list(COLUMNS).index("acl_categories")
+# Min/max statistics where queries filter (time ranges, who, what); elsewhere they cost more than they save.
+_STATS_COLUMNS = ["ts", "event", "conn_id", "user", "command", "status", "client_addr"]
+
+
+def _shared_lists(values: tuple) -> pa.Array:
+    """A list<string> column whose rows share few distinct list objects (ACL categories per command):
+    convert each distinct object once and gather by index."""
+    index: dict[int, int] = {}
+    uniques: list = []
+    idx = []
+    for v in values:
+        k = id(v)
+        i = index.get(k)
+        if i is None:
+            i = index[k] = len(uniques)
+            uniques.append(v)
+        idx.append(i)
+    return pa.array(uniques, _LIST).take(pa.array(idx, pa.int32()))
 MANIFEST = "manifest.jsonl"
 
 
@@ -168,7 +188,10 @@ class ParquetSink:
         cols = list(zip(*rows, strict=True))
         arrays = [
             pa.array(cols[0], pa.timestamp("ns", tz="UTC")).cast(pa.timestamp("us", tz="UTC"), safe=False),
-            *(pa.array(c, t) for c, t in zip(cols[1:], list(COLUMNS.values())[1:-1], strict=True)),
+            *(
+                _shared_lists(c) if i == _ACL else pa.array(c, t)
+                for i, (c, t) in enumerate(zip(cols[1:], _TYPES, strict=True), 1)
+            ),
             pa.array([self.host] * len(rows), _S),
         ]
         return pa.Table.from_arrays(arrays, schema=SCHEMA)
@@ -179,7 +202,7 @@ class ParquetSink:
         part_dir.mkdir(exist_ok=True)
         name = f"part-{self._run}-{self._n:05d}.parquet"
         buf = io.BytesIO()
-        pq.write_table(self._table(rows), buf, compression="zstd")
+        pq.write_table(self._table(rows), buf, compression="zstd", write_statistics=_STATS_COLUMNS)
         data = buf.getvalue()
         tmp = part_dir / f".{name}.tmp"
         with open(tmp, "wb") as f:
