@@ -74,10 +74,16 @@ SINK_ROWS_PER_FILE = 200_000
 SINK_FLUSH_SECONDS = 10.0
 
 # --- eBPF -------------------------------------------------------------------------
-# Payload bytes copied per syscall (per iovec for readv/writev). The true
-# length always travels with the event; the rest becomes a gap inside a bulk
-# string. Redis reads 16 KiB at a time.
-EBPF_CAPTURE_BYTES = 16384
+# Payload bytes copied per read/write/recvfrom/sendto (per iovec of
+# readv/writev/recvmsg/sendmsg: at most EBPF_PIECE_BYTES). The true length
+# always travels with the event; the rest becomes a gap inside a bulk string.
+# Redis 7 reads at least 16 KiB at a time but asks for all the free
+# room of its (greedily grown) query buffer: measured 16-32 KiB per read under
+# pipelining (redis-benchmark -P 16/100, a 300-command pipeline read 19.6 KiB),
+# more after a big value grew the buffer. A cut there would lose whole
+# pipelined commands, so copy 64 KiB; values of 32 KiB and more
+# (PROTO_MBULK_BIG_ARG) get reads of their own, whose cut tail is only value.
+EBPF_CAPTURE_BYTES = 65536
 # Ring buffer size (bytes, power of two pages).
 EBPF_RINGBUF_BYTES = 64 * 1024 * 1024
 
@@ -125,7 +131,9 @@ ROLE_CACHE_PER_COMMAND = 1024
 # --- ebpf (added) -------------------------------------------------------------------
 # Payload bytes per ring buffer record: copies above this go in several records
 # ("pieces"). The BPF scratch buffer is a per-CPU array value, and the kernel caps
-# those at 32 KiB; 16 KiB keeps one record per redis read (PROTO_IOBUF_LEN).
+# those at 32 KiB. Also the copy per iovec (one record each: redis writev()s reply
+# blocks of 16 KiB, PROTO_REPLY_CHUNK_BYTES), which keeps the verified program
+# small (it walks every iovec x piece) and its load time under 2 s.
 EBPF_PIECE_BYTES = 16384
 # iovecs copied per readv/writev/recvmsg/sendmsg (a bounded loop for the
 # verifier). redis 7 writev()s at most NET_MAX_WRITES_PER_EVENT (64 KiB) of 16 KiB

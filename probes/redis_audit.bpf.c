@@ -1,0 +1,747 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * redis_audit.bpf.c - capture what redis-server / valkey-server processes
+ * read from and write to their client sockets (loaded with bcc by
+ * auditor/sources/ebpf.py).
+ *
+ * Only syscall, sock and sched tracepoints: no kprobes and no kernel struct
+ * layouts (DESIGN.md §6). Filtering happens here, cheapest test first:
+ *   - `target_bits`: a bitmap of server tgids (an array lookup the verifier
+ *     inlines), filled by user space and by exec (RA_AUTO_TARGET); every
+ *     other process pays only this test on its read/write syscalls;
+ *   - `socks`: (tgid, fd) of connected client sockets, filled by accept
+ *     results here and seeded by user space from /proc at attach; close()
+ *     removes the entry, so a recycled fd number (redis reads /proc/self/stat
+ *     on them) is never captured and fd reuse gets a new connection id.
+ * sys_enter saves the syscall's arguments in task-local storage; sys_exit
+ * copies `ret` bytes of the buffer (the true length travels with every
+ * record, the copy is capped). Records go to one ring buffer without a
+ * wakeup unless it is filling up (the consumer drains on a short timer);
+ * records the ring refuses are counted globally and per connection.
+ *
+ * Configuration (-D, from auditor/limits.py):
+ *   RA_CAPTURE_BYTES   payload bytes copied per read/write-like syscall
+ *                      (per iovec: at most one record, RA_PIECE_BYTES)
+ *   RA_PIECE_BYTES     payload bytes per record (copies go in pieces)
+ *   RA_MAX_IOV         iovecs copied per readv/writev/recvmsg/sendmsg
+ *   RA_MAX_CONNS       size of the socks map
+ *   RA_PID_WORDS       u64 words in the target bitmap (pid_max / 64)
+ *   RA_RINGBUF_PAGES   ring buffer size in pages
+ *   RA_WAKEUP_BYTES    wake the consumer when this much data is pending
+ *   RA_AUTO_TARGET     1: exec of redis-server/valkey-server adds the tgid
+ *   RA_HAVE_GROUP_DEAD 1: sched_process_exit has the group_dead field
+ *   RA_HAVE_UNIX_PEER  1: sock:sk_data_ready and sock:sock_recv_length exist
+ *                      (Linux 6.6); else Unix clients have no pid
+ */
+#include <uapi/linux/ptrace.h>
+
+#include "redis_audit.h"
+
+#ifndef RA_CAPTURE_BYTES
+#define RA_CAPTURE_BYTES 16384
+#endif
+#ifndef RA_PIECE_BYTES
+#define RA_PIECE_BYTES 16384
+#endif
+#ifndef RA_MAX_IOV
+#define RA_MAX_IOV 16
+#endif
+#ifndef RA_MAX_CONNS
+#define RA_MAX_CONNS 65536
+#endif
+#ifndef RA_PID_WORDS
+#define RA_PID_WORDS 65536 /* PID_MAX_LIMIT (4194304) / 64 */
+#endif
+#ifndef RA_RINGBUF_PAGES
+#define RA_RINGBUF_PAGES 4096
+#endif
+#ifndef RA_WAKEUP_BYTES
+#define RA_WAKEUP_BYTES (1 << 20)
+#endif
+#ifndef RA_AUTO_TARGET
+#define RA_AUTO_TARGET 1
+#endif
+#ifndef RA_HAVE_GROUP_DEAD
+#define RA_HAVE_GROUP_DEAD 0
+#endif
+#ifndef RA_HAVE_UNIX_PEER
+#define RA_HAVE_UNIX_PEER 1
+#endif
+
+/* records per copied buffer; with RA_CAPTURE_BYTES 0 one record carries
+ * the length only */
+#define RA_PIECES (RA_CAPTURE_BYTES ? (RA_CAPTURE_BYTES + RA_PIECE_BYTES - 1) / RA_PIECE_BYTES : 1)
+/* per iovec: one record */
+#define RA_IOV_CAPTURE_BYTES (RA_CAPTURE_BYTES < RA_PIECE_BYTES ? RA_CAPTURE_BYTES : RA_PIECE_BYTES)
+
+#define RA_AF_UNIX 1
+#define RA_AF_INET 2
+#define RA_AF_INET6 10
+#define RA_TCP_ESTABLISHED 1
+#define RA_TCP_SYN_SENT 2
+#define RA_IPPROTO_TCP 6
+
+/* What the saved arguments are, for sys_exit. */
+enum ra_kind {
+	RA_NONE = 0,
+	RA_PLAIN = 1,  /* buf, count: read/write/recvfrom/sendto */
+	RA_IOV = 2,    /* struct iovec *, iovcnt: readv/writev */
+	RA_MSG = 3,    /* struct user_msghdr *: recvmsg/sendmsg */
+	RA_ACCEPT4 = 4 /* listen fd, sockaddr *, addrlen *: accept/accept4 */
+};
+
+/* Per thread, from sys_enter to sys_exit (task-local storage: no map
+ * update per syscall, freed with the thread). */
+struct ra_inflight {
+	__u64 buf;    /* buffer, iovec array, msghdr, or sockaddr */
+	__u64 arg2;   /* iovcnt, or addrlen pointer */
+	__u32 fd;     /* the socket, or the listening socket */
+	__u8 kind;    /* enum ra_kind; RA_NONE when idle */
+	__u8 dir;
+	__u16 pad;
+};
+
+/* Key of the peers map: the client end of a local TCP connection. IPv4
+ * addresses are stored v4-mapped so a v4 client of a dual-stack (::)
+ * listener matches the AF_INET6 address accept() returns. */
+struct ra_peer_key {
+	__u8 addr[16];
+	__u16 port;
+	__u16 pad[3];
+};
+
+struct ra_data_event {
+	struct ra_data_hdr hdr;
+	__u8 data[RA_PIECE_BYTES];
+};
+
+struct ra_iovec {
+	__u64 base;
+	__u64 len;
+};
+
+/* struct user_msghdr as the 64-bit syscall ABI lays it out */
+struct ra_msghdr {
+	__u64 name;
+	__s32 namelen;
+	__s32 pad;
+	__u64 iov;
+	__u64 iovlen;
+	__u64 control;
+	__u64 controllen;
+	__u32 flags;
+};
+
+BPF_RINGBUF_OUTPUT(events, RA_RINGBUF_PAGES);
+BPF_ARRAY(target_bits, __u64, RA_PID_WORDS);
+BPF_HASH(socks, struct ra_sock_key, struct ra_sock, RA_MAX_CONNS);
+BPF_TASK_STORAGE(inflight, struct ra_inflight);
+/* every TCP connect() on the host passes here: LRU, sized so that an entry
+ * outlives the few microseconds to milliseconds until the server accepts */
+BPF_TABLE("lru_hash", __u64, struct ra_client, connecting, 16384);
+BPF_TABLE("lru_hash", struct ra_peer_key, struct ra_client, peers, 16384);
+/* Unix socket (struct sock *) -> the last process that woke it with data */
+BPF_TABLE("lru_hash", __u64, struct ra_client, writers, 4096);
+BPF_PERCPU_ARRAY(scratch, struct ra_data_event, 1);
+BPF_PERCPU_ARRAY(counters, __u64, RA_CNT_MAX);
+BPF_ARRAY(next_cid, __u64, 1);
+
+/*
+ * Notification: no wakeup per record (the consumer drains on a short timer);
+ * the one record that makes the pending data cross RA_WAKEUP_BYTES wakes it
+ * early. Not every record above the mark: a wakeup is an irq_work (a
+ * self-IPI, a VM exit here), and a consumer that is behind would make redis
+ * pay one per record.
+ *
+ * bcc (0.26) has no map.ringbuf_query(), so every map.ringbuf_output()
+ * below is first rewritten by bcc to bpf_ringbuf_output(); this macro then
+ * applies to the rewritten call, where the map pointer is visible. The flags
+ * written at the call sites are ignored.
+ */
+static __always_inline __u64 ra_wakeup_flags(__u64 avail, __u64 size)
+{
+	return avail < RA_WAKEUP_BYTES && avail + size >= RA_WAKEUP_BYTES ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+}
+
+#define bpf_ringbuf_output(map, data, size, flags) \
+	bpf_ringbuf_output(map, data, size, ra_wakeup_flags(bpf_ringbuf_query(map, BPF_RB_AVAIL_DATA), size))
+
+static __always_inline void count(__u32 idx, __u64 n)
+{
+	__u64 *c = counters.lookup(&idx);
+
+	if (c)
+		*c += n;
+}
+
+static __always_inline int is_target(__u32 tgid)
+{
+	__u32 word = tgid / 64;
+	__u64 *w = target_bits.lookup(&word);
+
+	return w && (*w >> (tgid & 63)) & 1;
+}
+
+static __always_inline struct ra_inflight *inflight_get(int create)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task_btf();
+
+	return inflight.task_storage_get(task, 0, create ? BPF_LOCAL_STORAGE_GET_F_CREATE : 0);
+}
+
+/* ------------------------------------------------------------------------
+ * Data: sys_enter saves the buffer, sys_exit copies ret bytes of it.
+ * ------------------------------------------------------------------------ */
+
+static __always_inline int io_enter(int fd, const void *buf, __u64 arg2, __u8 kind, __u8 dir)
+{
+	struct ra_inflight *f;
+
+	if (!is_target(bpf_get_current_pid_tgid() >> 32))
+		return 0;
+	f = inflight_get(1);
+	if (!f)
+		return 0;
+	f->buf = (__u64)buf;
+	f->arg2 = arg2;
+	f->fd = fd;
+	f->kind = kind;
+	f->dir = dir;
+	return 0;
+}
+
+/* Emit the n bytes at ubuf (n = true length; at most `limit` of them are
+ * copied, in up to `pieces` records of RA_PIECE_BYTES). Both are constants
+ * at each call site: the verifier walks every iteration of every call. */
+static __always_inline void emit(struct ra_sock *s, __u8 dir, __u64 ubuf, __u64 n, __u64 pos, __u64 limit,
+				 const int pieces)
+{
+	__u32 zero = 0;
+	struct ra_data_event *e = scratch.lookup(&zero);
+	/* ubuf 0: nothing to copy, one record with the length only (a gap) */
+	__u64 cap = !ubuf ? 0 : n < limit ? n : limit;
+
+	if (!e)
+		return;
+	dir &= 1;
+	for (int i = 0; i < pieces; i++) {
+		__u64 off = (__u64)i * RA_PIECE_BYTES;
+		__u32 lost_events = s->lost_events[dir];
+		__u64 lost_bytes = s->lost_bytes[dir];
+		__u32 len;
+
+		if (i > 0 && off >= cap)
+			break;
+		len = cap - off > RA_PIECE_BYTES ? RA_PIECE_BYTES : cap - off;
+		if (len > RA_PIECE_BYTES) /* for the verifier */
+			len = RA_PIECE_BYTES;
+		if (len && bpf_probe_read_user(e->data, len, (void *)(ubuf + off)))
+			len = 0; /* unreadable: the length only, a gap */
+		e->hdr.type = RA_DATA;
+		e->hdr.dir = dir;
+		e->hdr.len = len;
+		e->hdr.cid = s->cid;
+		e->hdr.ts = bpf_ktime_get_ns();
+		e->hdr.pos = pos + off;
+		/* the last piece also carries the length that was not copied */
+		e->hdr.orig_len = off + RA_PIECE_BYTES >= cap ? n - off : RA_PIECE_BYTES;
+		e->hdr.lost_events = lost_events;
+		e->hdr.lost_bytes = lost_bytes;
+		if (events.ringbuf_output(e, sizeof(e->hdr) + len, 0)) {
+			s->lost_events[dir] += 1;
+			s->lost_bytes[dir] += e->hdr.orig_len;
+			count(RA_CNT_LOST_DATA, 1);
+			count(RA_CNT_LOST_BYTES, e->hdr.orig_len);
+		} else if (lost_events) {
+			s->lost_events[dir] -= lost_events;
+			s->lost_bytes[dir] -= lost_bytes;
+		}
+	}
+}
+
+static __always_inline int io_exit(long ret)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct ra_inflight *fp;
+	struct ra_sock_key key;
+	struct ra_sock *s;
+	__u64 pos, rest, iov, iovcnt, buf;
+	__u8 kind, dir;
+
+	if (!is_target(id >> 32))
+		return 0;
+	fp = inflight_get(0);
+	if (!fp || fp->kind == RA_NONE)
+		return 0;
+	kind = fp->kind;
+	dir = fp->dir & 1;
+	buf = fp->buf;
+	iovcnt = fp->arg2;
+	key.tgid = id >> 32;
+	key.fd = fp->fd;
+	fp->kind = RA_NONE;
+	if (ret <= 0)
+		return 0;
+	s = socks.lookup(&key);
+	if (!s)
+		return 0; /* not a client socket: a file, a pipe, /proc/self/stat */
+	pos = s->pos[dir];
+	s->pos[dir] = pos + ret;
+	s->events++;
+	if (kind == RA_PLAIN) {
+		emit(s, dir, buf, ret, pos, RA_CAPTURE_BYTES, RA_PIECES);
+		return 0;
+	}
+	iov = buf;
+	if (kind == RA_MSG) {
+		struct ra_msghdr m = {};
+
+		if (bpf_probe_read_user(&m, sizeof(m), (void *)buf)) {
+			emit(s, dir, 0, ret, pos, 0, 1);
+			return 0;
+		}
+		iov = m.iov;
+		iovcnt = m.iovlen;
+	}
+	rest = ret;
+	for (int i = 0; i < RA_MAX_IOV; i++) {
+		struct ra_iovec v = {};
+		__u64 n;
+
+		if (i >= iovcnt || rest == 0)
+			break;
+		if (bpf_probe_read_user(&v, sizeof(v), (void *)(iov + i * sizeof(v))))
+			break;
+		n = v.len < rest ? v.len : rest;
+		if (n == 0)
+			continue;
+		/* one record per iovec: redis writev()s 16 KiB reply blocks */
+		emit(s, dir, v.base, n, pos, RA_IOV_CAPTURE_BYTES, 1);
+		pos += n;
+		rest -= n;
+	}
+	if (rest) {
+		/* iovecs past RA_MAX_IOV (or unreadable): their length only */
+		count(RA_CNT_IOV_REST, 1);
+		emit(s, dir, 0, rest, pos, 0, 1);
+	}
+	return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_read)
+{
+	return io_enter(args->fd, args->buf, 0, RA_PLAIN, RA_TO_SERVER);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_read)
+{
+	return io_exit(args->ret);
+}
+TRACEPOINT_PROBE(syscalls, sys_enter_recvfrom)
+{
+	return io_enter(args->fd, args->ubuf, 0, RA_PLAIN, RA_TO_SERVER);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_recvfrom)
+{
+	return io_exit(args->ret);
+}
+TRACEPOINT_PROBE(syscalls, sys_enter_readv)
+{
+	return io_enter(args->fd, args->vec, args->vlen, RA_IOV, RA_TO_SERVER);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_readv)
+{
+	return io_exit(args->ret);
+}
+TRACEPOINT_PROBE(syscalls, sys_enter_recvmsg)
+{
+	return io_enter(args->fd, args->msg, 0, RA_MSG, RA_TO_SERVER);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_recvmsg)
+{
+	return io_exit(args->ret);
+}
+TRACEPOINT_PROBE(syscalls, sys_enter_write)
+{
+	return io_enter(args->fd, args->buf, 0, RA_PLAIN, RA_TO_CLIENT);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_write)
+{
+	return io_exit(args->ret);
+}
+TRACEPOINT_PROBE(syscalls, sys_enter_sendto)
+{
+	return io_enter(args->fd, args->buff, 0, RA_PLAIN, RA_TO_CLIENT);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_sendto)
+{
+	return io_exit(args->ret);
+}
+TRACEPOINT_PROBE(syscalls, sys_enter_writev)
+{
+	return io_enter(args->fd, args->vec, args->vlen, RA_IOV, RA_TO_CLIENT);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_writev)
+{
+	return io_exit(args->ret);
+}
+TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg)
+{
+	return io_enter(args->fd, args->msg, 0, RA_MSG, RA_TO_CLIENT);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_sendmsg)
+{
+	return io_exit(args->ret);
+}
+
+/* ------------------------------------------------------------------------
+ * Connections: accept adds (tgid, fd), close removes it.
+ * ------------------------------------------------------------------------ */
+
+static __always_inline int accept_enter(int listen_fd, void *sockaddr, void *addrlen)
+{
+	struct ra_inflight *f;
+
+	if (!is_target(bpf_get_current_pid_tgid() >> 32))
+		return 0;
+	f = inflight_get(1);
+	if (!f)
+		return 0;
+	f->buf = (__u64)sockaddr;
+	f->arg2 = (__u64)addrlen;
+	f->fd = listen_fd;
+	f->kind = RA_ACCEPT4;
+	return 0;
+}
+
+static __always_inline int accept_exit(long ret)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct ra_inflight *f;
+	struct ra_sock_key key;
+	struct ra_sock s = {};
+	struct ra_accept *e;
+	struct ra_peer_key pk = {};
+	struct ra_client *c;
+	__u64 sockaddr, addrlen_ptr, *next;
+	__u32 zero = 0, listen_fd;
+	int addrlen = 0, tracked;
+
+	if (!is_target(id >> 32))
+		return 0;
+	f = inflight_get(0);
+	if (!f || f->kind != RA_ACCEPT4)
+		return 0;
+	f->kind = RA_NONE;
+	sockaddr = f->buf;
+	addrlen_ptr = f->arg2;
+	listen_fd = f->fd;
+	if (ret < 0) /* -EAGAIN is frequent: redis accepts until it fails */
+		return 0;
+	next = next_cid.lookup(&zero);
+	if (!next)
+		return 0;
+	key.tgid = id >> 32;
+	key.fd = ret;
+	s.cid = __sync_fetch_and_add(next, 1);
+	if (sockaddr && addrlen_ptr)
+		bpf_probe_read_user(&addrlen, sizeof(addrlen), (void *)addrlen_ptr);
+	if (addrlen > RA_SOCKADDR_LEN)
+		addrlen = RA_SOCKADDR_LEN;
+	if (addrlen >= 2) {
+		__u16 family = 0;
+
+		bpf_probe_read_user(&family, sizeof(family), (void *)sockaddr);
+		s.need_peer = family == RA_AF_UNIX;
+	}
+	/* Reserve before the socket becomes visible to the data probes: ring
+	 * order is reservation order, so no data record of this connection can
+	 * come before its accept record. */
+	e = events.ringbuf_reserve(sizeof(struct ra_accept));
+	tracked = socks.update(&key, &s) == 0;
+	if (!tracked)
+		count(RA_CNT_SOCKS_FULL, 1);
+	if (!e) {
+		count(RA_CNT_LOST_CTRL, 1);
+		return 0;
+	}
+	__builtin_memset(e, 0, sizeof(*e));
+	e->type = RA_ACCEPT;
+	e->tracked = tracked;
+	e->tgid = key.tgid;
+	e->cid = s.cid;
+	e->ts = bpf_ktime_get_ns();
+	e->fd = ret;
+	e->listen_fd = listen_fd;
+	e->uid = bpf_get_current_uid_gid();
+	/* the mask is for the verifier (RA_SOCKADDR_LEN is 128) */
+	if (addrlen > 0 && bpf_probe_read_user(e->sockaddr, (__u32)addrlen & (RA_SOCKADDR_LEN - 1), (void *)sockaddr))
+		addrlen = 0;
+	e->addrlen = addrlen;
+	e->family = addrlen >= 2 ? *(__u16 *)e->sockaddr : 0;
+	/* A local TCP client: who connected, from the peers map. */
+	if (e->family == RA_AF_INET) {
+		pk.addr[10] = 0xff;
+		pk.addr[11] = 0xff;
+		__builtin_memcpy(&pk.addr[12], &e->sockaddr[4], 4);
+	} else if (e->family == RA_AF_INET6) {
+		__builtin_memcpy(pk.addr, &e->sockaddr[8], 16);
+	}
+	if (e->family == RA_AF_INET || e->family == RA_AF_INET6) {
+		pk.port = (e->sockaddr[2] << 8) | e->sockaddr[3];
+		c = peers.lookup(&pk);
+		if (c) {
+			e->client = *c;
+			e->has_client = 1;
+			peers.delete(&pk);
+		}
+	}
+	events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+	return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_accept)
+{
+	return accept_enter(args->fd, args->upeer_sockaddr, args->upeer_addrlen);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_accept)
+{
+	return accept_exit(args->ret);
+}
+TRACEPOINT_PROBE(syscalls, sys_enter_accept4)
+{
+	return accept_enter(args->fd, args->upeer_sockaddr, args->upeer_addrlen);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_accept4)
+{
+	return accept_exit(args->ret);
+}
+
+/* Removed at sys_enter: from here on the fd number may be reused. */
+TRACEPOINT_PROBE(syscalls, sys_enter_close)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct ra_sock_key key = { .tgid = id >> 32, .fd = args->fd };
+	struct ra_close *e;
+	struct ra_sock *s;
+
+	if (!is_target(key.tgid))
+		return 0;
+	s = socks.lookup(&key);
+	if (!s)
+		return 0;
+	e = events.ringbuf_reserve(sizeof(struct ra_close));
+	if (!e) {
+		count(RA_CNT_LOST_CTRL, 1);
+		socks.delete(&key);
+		return 0;
+	}
+	__builtin_memset(e, 0, sizeof(*e));
+	e->type = RA_CLOSE;
+	e->tgid = key.tgid;
+	e->cid = s->cid;
+	e->ts = bpf_ktime_get_ns();
+	e->fd = key.fd;
+	e->lost_events[0] = s->lost_events[0];
+	e->lost_events[1] = s->lost_events[1];
+	e->lost_bytes[0] = s->lost_bytes[0];
+	e->lost_bytes[1] = s->lost_bytes[1];
+	e->pos[0] = s->pos[0];
+	e->pos[1] = s->pos[1];
+	e->events = s->events;
+	socks.delete(&key);
+	events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+	return 0;
+}
+
+/* ------------------------------------------------------------------------
+ * Local TCP clients: the connecting process, by socket then by 4-tuple.
+ * TCP_SYN_SENT fires in connect(), in the client's context, before the
+ * source port is chosen; SYN_SENT -> ESTABLISHED has the full tuple.
+ * ------------------------------------------------------------------------ */
+
+TRACEPOINT_PROBE(sock, inet_sock_set_state)
+{
+	__u64 sk = (__u64)args->skaddr;
+	struct ra_client *c;
+	struct ra_peer_key pk = {};
+
+	if (args->protocol != RA_IPPROTO_TCP)
+		return 0;
+	if (args->newstate == RA_TCP_SYN_SENT) {
+		struct ra_client n = {};
+
+		n.pid = bpf_get_current_pid_tgid() >> 32;
+		n.uid = bpf_get_current_uid_gid();
+		bpf_get_current_comm(n.comm, sizeof(n.comm));
+		connecting.update(&sk, &n);
+		return 0;
+	}
+	if (args->oldstate != RA_TCP_SYN_SENT)
+		return 0;
+	c = connecting.lookup(&sk);
+	if (!c)
+		return 0;
+	if (args->newstate == RA_TCP_ESTABLISHED) {
+		struct ra_client n = *c;
+
+		if (args->family == RA_AF_INET) {
+			pk.addr[10] = 0xff;
+			pk.addr[11] = 0xff;
+			__builtin_memcpy(&pk.addr[12], args->saddr, 4);
+			n.daddr[10] = 0xff;
+			n.daddr[11] = 0xff;
+			__builtin_memcpy(&n.daddr[12], args->daddr, 4);
+		} else {
+			__builtin_memcpy(pk.addr, args->saddr_v6, 16);
+			__builtin_memcpy(n.daddr, args->daddr_v6, 16);
+		}
+		pk.port = args->sport;
+		n.dport = args->dport;
+		peers.update(&pk, &n);
+	}
+	connecting.delete(&sk);
+	return 0;
+}
+
+/* ------------------------------------------------------------------------
+ * Unix socket clients: SO_PEERCRED is not reachable from a tracepoint, and a
+ * one-shot client is gone before user space could ask. Instead: the client's
+ * write wakes the server-side socket (sk_data_ready, in the writer's
+ * context), then the server reads that same socket (sock_recv_length, inside
+ * the read syscall whose fd is in `inflight`): the socket pointer links the
+ * two. Only connections accepted with a Unix peer ask for it, once.
+ * ------------------------------------------------------------------------ */
+
+#if RA_HAVE_UNIX_PEER
+TRACEPOINT_PROBE(sock, sk_data_ready)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u64 sk = (__u64)args->skaddr;
+	struct ra_client *w, n = {};
+
+	if (args->family != RA_AF_UNIX || is_target(id >> 32))
+		return 0;
+	w = writers.lookup(&sk);
+	if (w && w->pid == id >> 32)
+		return 0;
+	n.pid = id >> 32;
+	n.uid = bpf_get_current_uid_gid();
+	bpf_get_current_comm(n.comm, sizeof(n.comm));
+	writers.update(&sk, &n);
+	return 0;
+}
+
+TRACEPOINT_PROBE(sock, sock_recv_length)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u64 sk = (__u64)args->sk;
+	struct ra_inflight *f;
+	struct ra_sock_key key;
+	struct ra_sock *s;
+	struct ra_client *w;
+	struct ra_peer *e;
+
+	if (args->family != RA_AF_UNIX || args->ret <= 0 || !is_target(id >> 32))
+		return 0;
+	f = inflight_get(0);
+	if (!f || f->kind == RA_NONE || f->kind == RA_ACCEPT4)
+		return 0;
+	key.tgid = id >> 32;
+	key.fd = f->fd;
+	s = socks.lookup(&key);
+	if (!s || !s->need_peer)
+		return 0;
+	w = writers.lookup(&sk);
+	if (!w)
+		return 0;
+	s->need_peer = 0;
+	e = events.ringbuf_reserve(sizeof(struct ra_peer));
+	if (!e) {
+		count(RA_CNT_LOST_CTRL, 1);
+		return 0;
+	}
+	e->type = RA_PEER;
+	e->pad = 0;
+	e->tgid = key.tgid;
+	e->cid = s->cid;
+	e->ts = bpf_ktime_get_ns();
+	e->pid = w->pid;
+	e->uid = w->uid;
+	__builtin_memcpy(e->comm, w->comm, sizeof(e->comm));
+	events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+	return 0;
+}
+#endif /* RA_HAVE_UNIX_PEER */
+
+/* ------------------------------------------------------------------------
+ * Processes: new redis-server / valkey-server, exit of a target.
+ * ------------------------------------------------------------------------ */
+
+static __always_inline int is_server_comm(const char *c)
+{
+	/* "redis-server" or "valkey-server", NUL-terminated */
+	if (c[0] == 'r')
+		return c[1] == 'e' && c[2] == 'd' && c[3] == 'i' && c[4] == 's' && c[5] == '-' && c[6] == 's' &&
+		       c[7] == 'e' && c[8] == 'r' && c[9] == 'v' && c[10] == 'e' && c[11] == 'r' && c[12] == 0;
+	if (c[0] == 'v')
+		return c[1] == 'a' && c[2] == 'l' && c[3] == 'k' && c[4] == 'e' && c[5] == 'y' && c[6] == '-' &&
+		       c[7] == 's' && c[8] == 'e' && c[9] == 'r' && c[10] == 'v' && c[11] == 'e' && c[12] == 'r' &&
+		       c[13] == 0;
+	return 0;
+}
+
+TRACEPOINT_PROBE(sched, sched_process_exec)
+{
+	struct ra_proc e = {};
+	__u64 id = bpf_get_current_pid_tgid();
+
+	bpf_get_current_comm(e.comm, sizeof(e.comm));
+	if (!is_server_comm(e.comm))
+		return 0;
+	e.type = RA_EXEC;
+	e.tgid = id >> 32;
+	e.ts = bpf_ktime_get_ns();
+	e.uid = bpf_get_current_uid_gid();
+#if RA_AUTO_TARGET
+	/* Track at once so that no accept is missed; user space confirms it
+	 * (with --pid this is compiled out: only the given pids are targets). */
+	{
+		__u32 word = e.tgid / 64;
+		__u64 *w = target_bits.lookup(&word);
+
+		if (w)
+			__sync_fetch_and_or(w, 1ULL << (e.tgid & 63));
+	}
+#endif
+	if (events.ringbuf_output(&e, sizeof(e), 0))
+		count(RA_CNT_LOST_CTRL, 1);
+	return 0;
+}
+
+TRACEPOINT_PROBE(sched, sched_process_exit)
+{
+	struct ra_proc e = {};
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tgid = id >> 32, word = tgid / 64;
+	__u64 *w;
+
+#if RA_HAVE_GROUP_DEAD
+	if (!args->group_dead)
+		return 0;
+#else
+	if ((__u32)id != tgid)
+		return 0;
+#endif
+	if (!is_target(tgid))
+		return 0;
+	w = target_bits.lookup(&word);
+	if (w)
+		__sync_fetch_and_and(w, ~(1ULL << (tgid & 63)));
+	e.type = RA_EXIT;
+	e.tgid = tgid;
+	e.ts = bpf_ktime_get_ns();
+	bpf_get_current_comm(e.comm, sizeof(e.comm));
+	if (events.ringbuf_output(&e, sizeof(e), 0))
+		count(RA_CNT_LOST_CTRL, 1);
+	return 0;
+}
