@@ -53,6 +53,7 @@ from auditor.sources import ebpf_sock, procfs
 from auditor.sources.ringbuf import BUSY_BIT, DISCARD_BIT, LEN_MASK, MappedRingBuffer
 from auditor.types import Chunk, ConnClose, ConnMeta, ConnOpen, Direction, Loss, Source, SourceEvent
 
+
 def _probes_dir() -> Path:
     """<repo>/probes for a source checkout (editable install), else the copy a wheel installs in
     <prefix>/share/redis-audit/probes. Never the current directory."""
