@@ -77,6 +77,12 @@ def _live(p: argparse.ArgumentParser) -> None:
     p.add_argument("--live", action="store_true", help="live view: commands/s, top commands and users, losses")
     p.add_argument("--write-pcap", type=Path, default=None, metavar="FILE", help="also keep the raw packets (sniff)")
     p.add_argument("--pcap-max-mb", type=int, default=100, help="rotate --write-pcap files at this size")
+    p.add_argument(
+        "--nice",
+        type=int,
+        default=19,
+        help="the auditor's CPU priority (default 19: Redis first; bursts wait in bounded buffers, overflow counted)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

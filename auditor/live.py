@@ -78,6 +78,8 @@ def cmd_live(args: argparse.Namespace) -> int:
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     if os.geteuid() != 0:
         raise CliError(f"`redis-audit {args.verb}` needs root", f"sudo redis-audit {args.verb} …")
+    if args.nice:
+        os.nice(args.nice)  # before any thread starts: they inherit it
     redactor = make_redactor(args)
     sink = make_sink(args)
     source = _make_source(args, err)

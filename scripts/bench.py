@@ -200,8 +200,10 @@ def one_overhead_run(mode: str, pipeline: int, n: int, workdir: Path) -> dict:
         if mode == "monitor":
             aux = subprocess.Popen(["redis-cli", "-p", str(r.port), "MONITOR"], stdout=subprocess.DEVNULL)
             time.sleep(0.5)
-        elif mode in ("ebpf", "sniff"):
-            cmd = [*AUDIT, "run", "--pid", str(r.proc.pid)] if mode == "ebpf" else [*AUDIT, "sniff"]
+        elif mode in ("ebpf", "sniff", "ebpf-nice0"):
+            cmd = [*AUDIT, "run", "--pid", str(r.proc.pid)] if mode.startswith("ebpf") else [*AUDIT, "sniff"]
+            if mode == "ebpf-nice0":
+                cmd += ["--nice", "0"]
             cmd += ["--port", str(r.port), "--out", str(trail), "--json"]
             aux = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             assert aux.stderr is not None
@@ -227,7 +229,7 @@ def one_overhead_run(mode: str, pipeline: int, n: int, workdir: Path) -> dict:
             aux.returncode = os.waitstatus_to_exitcode(status)
             res["catch_up_s"] = time.monotonic() - t_stop
             res["auditor_cpu_us"] = ((usage.ru_utime + usage.ru_stime) - acpu0) * 1e6 / cmds
-            if mode in ("ebpf", "sniff"):
+            if mode in ("ebpf", "sniff", "ebpf-nice0"):
                 s = json.loads(out.strip().splitlines()[-1])
                 res["lost_events"] = s.get("lost_events", 0) + s.get("kernel_drops", 0)
                 res["rows_vs_commands"] = s["commands"] / (cmds + 1)  # +1: the INFO call after c0
