@@ -89,6 +89,8 @@ def _shared_lists(values: tuple) -> pa.Array:
             uniques.append(v)
         idx.append(i)
     return pa.array(uniques, _LIST).take(pa.array(idx, pa.int32()))
+
+
 MANIFEST = "manifest.jsonl"
 
 
