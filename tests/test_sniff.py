@@ -43,7 +43,7 @@ from auditor.sources.sniff import (
 from auditor.types import Chunk, ConnOpen, Direction, Loss, Source
 
 AUDIT = Path(sys.executable).with_name("redis-audit")
-START_TIMEOUT_S = 30  # the CLI imports pyarrow/duckdb before it starts capturing: ~1-2 s here
+START_TIMEOUT_S = 120  # imports, and for run two BPF compiles: ~5 s idle, far more on a loaded 2-core box
 STOP_TIMEOUT_S = 60
 
 

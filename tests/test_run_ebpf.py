@@ -1,0 +1,526 @@
+"""`redis-audit run` (live eBPF) end to end: the CLI as a subprocess, a real redis-server, real clients, as root.
+
+Each test starts `redis-audit run --fallback none ... --json`, waits for its "auditing" line, runs a workload over
+loopback TCP and the Unix socket, stops it with SIGINT and reads the trail with SQL. Completeness is measured against
+Redis's own INFO commandstats, client addresses against Redis's own CLIENT INFO. Never skipped: without a working
+eBPF stack every test fails with `redis-audit doctor`'s explanation (`--fallback none`: no silent packet capture).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+import redis
+from redis_fixtures import RedisServer, RespConn, require_tool
+from test_sniff import AUDIT, Audit, command_key, counted_by_redis, rows
+
+from auditor import doctor
+from auditor.query import run_sql
+
+pytestmark = [pytest.mark.root, pytest.mark.ebpf]
+
+LATENCY_BOUND_US = 1_000_000  # generous: an ordinary command on loopback answers in well under a millisecond
+RESTART_PICKUP_S = 1.5  # a new redis-server process is picked up within a second (exec record, or /proc rescan)
+BIG = 1_000_000
+
+
+@functools.cache
+def _doctor_checks() -> tuple[doctor.Check, ...]:
+    return tuple(doctor.checks())
+
+
+@pytest.fixture(autouse=True)
+def _ebpf() -> None:
+    if os.geteuid() != 0:
+        pytest.fail("`redis-audit run` tests need root (eBPF)", pytrace=False)
+    if not AUDIT.exists():
+        pytest.fail(f"{AUDIT} missing: install the package into the venv (pip install -e .)", pytrace=False)
+    results = list(_doctor_checks())
+    if not all(c.ok for c in results):
+        why = "eBPF is unusable here, `redis-audit run` cannot be tested:\n" + doctor.explain(results)
+        pytest.fail(why, pytrace=False)
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+def audit_run(out: Path, *target: str) -> Audit:
+    """`redis-audit run TARGET --out OUT --json`, eBPF or nothing."""
+    return Audit(["run", *target, "--fallback", "none", "--out", str(out)])
+
+
+def thread_comm() -> str:
+    """comm of this thread: what the kernel reports as client_comm for the sockets it writes to."""
+    return Path("/proc/thread-self/comm").read_text().strip()
+
+
+def cli(srv: RedisServer, *args: str, unix: bool = False, extra: tuple[str, ...] = ()) -> tuple[int, str]:
+    """One `redis-cli` run (one connection); returns its pid (the rows' client_pid) and its output."""
+    target = ["-s", srv.unix_path] if unix else ["-h", "127.0.0.1", "-p", str(srv.port)]
+    p = subprocess.Popen(
+        [require_tool("redis-cli"), *target, "--no-auth-warning", *extra, *args],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 0, err
+    return p.pid, out
+
+
+def client_info(text: str) -> dict[str, str]:
+    """CLIENT INFO's `id=5 addr=127.0.0.1:4711 fd=12 ...` line as a dict."""
+    return dict(part.split("=", 1) for part in text.split())
+
+
+def addr_port(addr: str) -> int:
+    return int(addr.rsplit(":", 1)[1])
+
+
+@dataclass(frozen=True)
+class E:
+    """An expected command row."""
+
+    command: str
+    keys: tuple[str, ...] = ()
+    status: str = "ok"
+    sub: str | None = None
+    error: str | None = None  # prefix of the error text
+
+
+def assert_rows(got: list[dict[str, Any]], want: list[E], what: str) -> None:
+    """The rows are exactly `want`, in order; an error text must start with the expected prefix."""
+
+    def shape(r: dict[str, Any], w: E | None) -> E:
+        err = r["error"]
+        if err is not None and w is not None and w.error is not None and err.startswith(w.error):
+            err = w.error
+        return E(r["command"], tuple(r["keys"] or ()), r["status"], r["subcommand"], err)
+
+    padded: list[E | None] = [*want, *[None] * (len(got) - len(want))]
+    assert [shape(r, w) for r, w in zip(got, padded, strict=False)] == want, what
+
+
+def conn_of(cmds: list[dict[str, Any]], marker: str) -> str:
+    """conn_id of the one connection that touched key `marker`."""
+    found = {r["conn_id"] for r in cmds if marker in (r["keys"] or ())}
+    assert len(found) == 1, f"connections with key {marker}: {found}"
+    return found.pop()
+
+
+def after_handshake(conn_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """redis-py's rows without its connect handshake: HELLO 3 and CLIENT SETINFO LIB-NAME / LIB-VER (unknown to
+    Redis 7.0, which answers `ERR unknown subcommand`; redis-py ignores that)."""
+
+    def handshake(r: dict[str, Any]) -> bool:
+        if r["command"] == "HELLO":
+            return r["status"] == "ok"
+        return r["command"] == "CLIENT" and r["subcommand"] in ("SETINFO", None) and r["keys"] == []
+
+    i = 0
+    while i < len(conn_rows) and handshake(conn_rows[i]):
+        i += 1
+    assert conn_rows[0]["command"] == "HELLO", [r["command"] for r in conn_rows[:3]]
+    return conn_rows[i:]
+
+
+def check_run(out: Path, summary: dict[str, Any], audit: Audit) -> list[dict[str, Any]]:
+    """What holds for every run: eBPF rows only, one auditor_start first and one auditor_stop last, nothing lost,
+    the summary's counts are the trail's. Returns all rows."""
+    everything = rows(out)
+    assert {r["source"] for r in everything} == {"ebpf"}
+    events = [r["event"] for r in everything]
+    assert events.count("auditor_start") == 1 and events.count("auditor_stop") == 1, Counter(events)
+    start = next(r for r in everything if r["event"] == "auditor_start")
+    stop = next(r for r in everything if r["event"] == "auditor_stop")
+    # (connections open before the attach are seeded during the source's start: their connect rows may come first)
+    assert start["ts"] <= min(r["ts"] for r in everything if r["event"] != "connect")
+    assert stop["ts"] == max(r["ts"] for r in everything)
+    assert json.loads(start["detail"])["source"] == "ebpf"
+    assert json.loads(stop["detail"])["reason"] == "SIGINT"
+    assert summary["lost_events"] == 0 and summary["lost_conn_events"] == 0, summary
+    assert summary["parse_errors"] == 0 and summary["unmatched_replies"] == 0, summary
+    assert summary["rows"] == len(everything), summary
+    assert summary["commands"] == events.count("command"), summary
+    assert not [r for r in everything if r["event"] in ("gap", "parse_error")]
+    assert not [line for line in audit.stderr if "Traceback" in line or line.startswith("error")], audit.stderr
+    return everything
+
+
+# --------------------------------------------------------------------------------------------- completeness
+
+
+@dataclass
+class Client:
+    """One connection of the workload: what it sent and who it was."""
+
+    rows: list[E]
+    addr: str  # client_addr: 127.0.0.1 or unix:<path>
+    pid: int
+    comm: str
+    marker: str | None = None  # a key only this connection touched (else it is found by its pid: redis-cli)
+    port: int | None = None  # the TCP client port, when known (getsockname, or Redis's own CLIENT INFO)
+    handshake: bool = False  # redis-py: HELLO 3, CLIENT SETINFO first
+
+
+def mixed_workload(srv: RedisServer) -> dict[str, Client]:
+    """redis-cli one-shots, redis-py (RESP3) with a 400-command pipeline, MULTI/EXEC and a 1 MB value, raw inline
+    commands; over TCP and the Unix socket. Returns every connection it made."""
+    conns: dict[str, Client] = {}
+    tcp, unix, me, comm = "127.0.0.1", f"unix:{srv.unix_path}", os.getpid(), thread_comm()
+
+    # redis-cli: one connection per command, found by its pid
+    one_shots = [
+        (("SET", "user:1", "alice"), E("SET", ("user:1",))),
+        (("GET", "user:1"), E("GET", ("user:1",))),
+        (("INCR", "user:1"), E("INCR", ("user:1",), "error", error="ERR value is not an integer")),
+        (("LPUSH", "user:1", "x"), E("LPUSH", ("user:1",), "error", error="WRONGTYPE Operation against a key")),
+        (("GET",), E("GET", (), "error", error="ERR wrong number of arguments for 'get' command")),
+        (("NOSUCHCOMMAND", "a"), E("<unknown:13>", (), "error", error="ERR unknown command")),
+        (("CONFIG", "GET", "maxmemory"), E("CONFIG", sub="GET")),
+        (("CLIENT", "INFO"), E("CLIENT", sub="INFO")),
+    ]
+    for i, (args, want) in enumerate(one_shots):
+        pid, text = cli(srv, *args)
+        port = addr_port(client_info(text)["addr"]) if args[0] == "CLIENT" else None
+        conns[f"redis-cli {i}"] = Client([want], tcp, pid, "redis-cli", port=port)
+    for i, (args, want) in enumerate(
+        [(("SET", "cli:unix", "v"), E("SET", ("cli:unix",))), (("CLIENT", "INFO"), E("CLIENT", sub="INFO"))]
+    ):
+        pid, _ = cli(srv, *args, unix=True)
+        conns[f"redis-cli unix {i}"] = Client([want], unix, pid, "redis-cli")
+
+    # redis-py over TCP and the Unix socket: pipeline, MULTI/EXEC, 1 MB value, an error reply
+    for tag, kwargs in (("tcp", {}), ("unix", {"unix_socket_path": srv.unix_path})):
+        r = srv.client(**kwargs)
+        want = [E("SET", (f"py:{tag}",))]
+        try:
+            r.set(f"py:{tag}", "1")
+            p = r.pipeline(transaction=False)
+            for i in range(200):
+                p.set(f"{tag}:k:{i}", i)
+                p.get(f"{tag}:k:{i}")
+                want += [E("SET", (f"{tag}:k:{i}",)), E("GET", (f"{tag}:k:{i}",))]
+            assert len(p.execute()) == 400
+            tx = r.pipeline(transaction=True)
+            tx.incr(f"{tag}:counter").incr(f"{tag}:counter").get(f"{tag}:counter")
+            assert tx.execute() == [1, 2, b"2"]
+            want += [E("MULTI"), *[E("INCRBY", (f"{tag}:counter",))] * 2, E("GET", (f"{tag}:counter",)), E("EXEC")]
+            big = os.urandom(BIG)
+            r.set(f"{tag}:big", big)
+            assert r.get(f"{tag}:big") == big
+            want += [E("SET", (f"{tag}:big",)), E("GET", (f"{tag}:big",))]
+            with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+                r.lpush(f"py:{tag}", "x")
+            want.append(E("LPUSH", (f"py:{tag}",), "error", error="WRONGTYPE Operation against a key holding"))
+            info = r.client_info()
+            want.append(E("CLIENT", sub="INFO"))
+        finally:
+            r.close()
+        port = addr_port(info["addr"]) if tag == "tcp" else None
+        addr = tcp if tag == "tcp" else unix
+        conns[f"redis-py {tag}"] = Client(want, addr, me, comm, marker=f"py:{tag}", port=port, handshake=True)
+
+    # raw sockets, inline commands (and an unknown one, which Redis does not count)
+    for tag, kwargs in (("tcp", {"port": srv.port}), ("unix", {"unix_path": srv.unix_path})):
+        with RespConn(**kwargs) as c:
+            c.send(f"PING\r\nSET inline:{tag} hello\r\nGET inline:{tag}\r\nNOSUCHCMD x\r\n".encode())
+            replies = [c.read(), c.read(), c.read(), c.read()]
+            port = c.sock.getsockname()[1] if tag == "tcp" else None
+        assert replies[:3] == ["PONG", "OK", b"hello"] and str(replies[3]).startswith("ERR unknown command")
+        want = [E("PING"), E("SET", (f"inline:{tag}",)), E("GET", (f"inline:{tag}",))]
+        want.append(E("<unknown:9>", (), "error", error="ERR unknown command '<redacted:9>'"))
+        addr = tcp if tag == "tcp" else unix
+        conns[f"raw {tag}"] = Client(want, addr, me, comm, marker=f"inline:{tag}", port=port)
+    return conns
+
+
+def test_every_command_is_a_row(redis_server: RedisServer, tmp_path: Path) -> None:
+    srv, out = redis_server, tmp_path / "trail"
+    before = srv.snapshot()  # the helper's admin connection stays idle while the auditor runs
+    with audit_run(out, "--pid", str(srv.pid)) as audit:
+        conns = mixed_workload(srv)
+        summary = audit.stop()
+    delta = srv.snapshot().delta(before)
+    everything = check_run(out, summary, audit)
+    cmds = [r for r in everything if r["event"] == "command"]
+
+    # completeness: as many rows per command as Redis counted (calls + rejected calls; unknown commands and
+    # subcommands are not counted by Redis)
+    got = Counter(command_key(r) for r in counted_by_redis(cmds))
+    assert dict(got) == {k: s["calls"] + s["rejected_calls"] for k, s in delta["commandstats"].items()}
+    errors = Counter(command_key(r) for r in counted_by_redis(cmds) if r["status"] == "error")
+    assert dict(errors) == {
+        k: s["failed_calls"] + s["rejected_calls"]
+        for k, s in delta["commandstats"].items()
+        if s["failed_calls"] or s["rejected_calls"]
+    }
+    assert sum(delta["errorstats"].values()) == sum(r["status"] == "error" for r in cmds)
+    assert delta["connections"] == len({r["conn_id"] for r in cmds}) == len(conns)
+
+    # every row: the server, the transport
+    unix = f"unix:{srv.unix_path}"
+    for r in cmds:
+        assert (r["server_pid"], r["server_uid"]) == (srv.pid, os.getuid()), r
+        if r["client_addr"] == unix:
+            assert (r["client_port"], r["server_addr"], r["server_port"]) == (None, unix, None), r
+        else:
+            assert (r["client_addr"], r["server_addr"], r["server_port"]) == ("127.0.0.1", "127.0.0.1", srv.port), r
+            assert r["client_port"], r
+
+    # every connection: found by its client's pid or a key only it touched; exactly the commands it sent, from
+    # the right client
+    by_conn: dict[str, list[dict[str, Any]]] = {}
+    for r in cmds:
+        by_conn.setdefault(r["conn_id"], []).append(r)
+    found: set[str] = set()
+    for label, c in conns.items():
+        if c.marker is not None:
+            conn = conn_of(cmds, c.marker)
+        else:
+            (conn,) = {r["conn_id"] for r in cmds if r["client_pid"] == c.pid}
+        found.add(conn)
+        mine = by_conn[conn]
+        assert_rows(after_handshake(mine) if c.handshake else mine, c.rows, label)
+        assert [r["seq"] for r in mine] == list(range(1, len(mine) + 1)), label
+        who = {(r["client_addr"], r["client_pid"], r["client_uid"], r["client_comm"], r["user"], r["db"]) for r in mine}
+        assert who == {(c.addr, c.pid, os.getuid(), c.comm, "default", 0)}, label
+        if c.port is not None:
+            assert {r["client_port"] for r in mine} == {c.port}, label
+    assert found == set(by_conn)  # one connection each, none left over
+
+    # the transactions: MULTI, three commands run by EXEC, EXEC
+    for tag in ("tcp", "unix"):
+        mine = by_conn[conn_of(cmds, f"py:{tag}")]
+        i = next(i for i, r in enumerate(mine) if r["command"] == "MULTI")
+        assert [(r["command"], r["tx"]) for r in mine[i : i + 5]] == [
+            ("MULTI", None), ("INCRBY", "exec"), ("INCRBY", "exec"), ("GET", "exec"), ("EXEC", "exec")
+        ]  # fmt: skip
+        bigs = [r for r in mine if r["keys"] == [f"{tag}:big"]]
+        assert bigs[0]["request_bytes"] > BIG and bigs[1]["reply_bytes"] > BIG, bigs
+        assert bigs[0]["args"] == [f"<redacted:{BIG}>"], bigs[0]["args"]
+
+    # latency and replies: every answered command has a plausible latency; error replies carry their text
+    for r in cmds:
+        assert 0 < r["latency_us"] < LATENCY_BOUND_US, r
+        assert r["reply_bytes"] > 0 and r["reply_type"], r
+        assert (r["status"] == "error") == (r["error"] is not None) == (r["reply_type"] in ("-", "!")), r
+    wrongtype = [r for r in cmds if r["error"] and r["error"].startswith("WRONGTYPE")]
+    assert len(wrongtype) == 3 and {r["status"] for r in wrongtype} == {"error"}
+    assert {r["error"] for r in wrongtype} == {"WRONGTYPE Operation against a key holding the wrong kind of value"}
+
+    # connections: one connect row per client connection, plus the helper's admin connection (open before the
+    # auditor attached: mid_stream)
+    connects = [r for r in everything if r["event"] == "connect"]
+    assert {r["conn_id"] for r in connects if r["detail"] is None} == set(by_conn)
+    assert [r["detail"] for r in connects if r["conn_id"] not in by_conn] == ["mid_stream"]
+
+
+# --------------------------------------------------------------------------------------------- AUTH and secrets
+
+ALICE = "user alice on >CANARY-alice-pw-1 ~app:* +@all -@dangerous"
+DEFAULT_PW = "CANARY-default-pw-3"
+
+
+def output_texts(out: Path, audit: Audit) -> dict[str, bytes]:
+    """Everything the auditor wrote: the raw bytes of every file under --out, every Parquet file decoded to text
+    with DuckDB (its pages may be compressed), the trail through `audit`, and the CLI's stdout and stderr."""
+    texts = {"stdout": audit.stdout.encode(), "stderr": "\n".join(audit.stderr).encode()}
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".parquet" for p in files), files
+    for p in files:
+        texts[str(p)] = p.read_bytes()
+        if p.suffix == ".parquet":
+            texts[f"{p} (decoded)"] = repr(duckdb.sql(f"SELECT * FROM read_parquet('{p}')").fetchall()).encode()
+    cols, data = run_sql(out, "SELECT * FROM audit")
+    texts["audit view"] = repr((cols, data)).encode()
+    return texts
+
+
+def test_auth_users_denials_and_no_secrets(redis_server_factory: Callable[..., RedisServer], tmp_path: Path) -> None:
+    srv, out = redis_server_factory([ALICE], password=DEFAULT_PW), tmp_path / "trail"
+    with audit_run(out, "--pid", str(srv.pid)) as audit:
+        with RespConn(srv.port) as c:
+            port = c.sock.getsockname()[1]
+            replies = [
+                c.call("GET", "app:k"),
+                c.call("AUTH", "alice", "CANARY-wrong-pw-4"),
+                c.call("AUTH", "alice", "CANARY-alice-pw-1"),
+                c.call("SET", "app:k", "CANARY-value-2"),
+                c.call("GET", "app:k"),
+                c.call("FLUSHALL"),
+                c.call("GET", "other:1"),
+            ]
+        assert [str(x).split(" ")[0] for x in replies] == ["NOAUTH", "WRONGPASS", "OK", "OK", "b'CANARY-value-2'",
+                                                           "NOPERM", "NOPERM"], replies  # fmt: skip
+        r = srv.client(unix_socket_path=srv.unix_path, username="alice", password="CANARY-alice-pw-1", protocol=3)
+        try:
+            assert r.get("app:k") == b"CANARY-value-2"  # HELLO 3 AUTH alice <pw>
+        finally:
+            r.close()
+        cli(srv, "ACL", "SETUSER", "bob", "on", ">CANARY-bob-pw-5", "~*", "+@read", extra=("-a", DEFAULT_PW))
+        cli(srv, "GET", "app:k", unix=True, extra=("--user", "alice", "--pass", "CANARY-alice-pw-1"))
+        summary = audit.stop()
+    everything = check_run(out, summary, audit)
+    cmds = [r for r in everything if r["event"] == "command"]
+
+    raw = [r for r in cmds if r["client_port"] == port]
+    assert [(r["command"], r["keys"], r["status"], r["user"]) for r in raw] == [
+        ("GET", ["app:k"], "error", "default"),
+        ("AUTH", [], "error", "default"),
+        ("AUTH", [], "ok", "alice"),
+        ("SET", ["app:k"], "ok", "alice"),
+        ("GET", ["app:k"], "ok", "alice"),
+        ("FLUSHALL", [], "error", "alice"),
+        ("GET", ["other:1"], "error", "alice"),
+    ]
+    assert raw[0]["error"].startswith("NOAUTH Authentication required")
+    assert raw[1]["error"].startswith("WRONGPASS invalid username-password pair")
+    assert raw[1]["args"] == raw[2]["args"] == ["alice", "<secret>"], raw[1]["args"]
+    assert raw[3]["args"] == [f"<redacted:{len('CANARY-value-2')}>"]
+    assert raw[5]["error"].startswith("NOPERM") and "flushall" in raw[5]["error"]
+    assert raw[6]["error"].startswith("NOPERM") and "key" in raw[6]["error"]
+
+    unix = [r for r in cmds if r["client_addr"] == f"unix:{srv.unix_path}"]
+    py = [r for r in unix if r["client_comm"] != "redis-cli"]
+    assert (py[0]["command"], py[0]["status"], py[0]["args"][:2]) == ("HELLO", "ok", ["3", "AUTH"]), py[0]
+    assert (py[-1]["command"], py[-1]["keys"], py[-1]["status"], py[-1]["user"]) == ("GET", ["app:k"], "ok", "alice")
+    via_cli = [(r["command"], r["status"], r["user"]) for r in unix if r["client_comm"] == "redis-cli"]
+    assert via_cli == [("AUTH", "ok", "alice"), ("GET", "ok", "alice")]
+    acl = [r for r in cmds if r["command"] == "ACL"]
+    assert [(r["subcommand"], r["status"], r["user"]) for r in acl] == [("SETUSER", "ok", "default")]
+
+    leaks = {where for where, text in output_texts(out, audit).items() if b"CANARY" in text}
+    assert not leaks, f"a password or the planted value reached {sorted(leaks)}"
+    assert b"alice" in output_texts(out, audit)["audit view"]  # the scan sees the rows' text
+
+
+# --------------------------------------------------------------------------------------------- connections
+
+
+def test_connections_open_before_the_attach(redis_server: RedisServer, tmp_path: Path) -> None:
+    srv, out = redis_server, tmp_path / "trail"
+    tcp = srv.client(single_connection_client=True)
+    unix = srv.client(unix_socket_path=srv.unix_path, single_connection_client=True)
+    try:
+        tcp.set("mid:tcp", "before")
+        unix.set("mid:unix", "before")
+        port = addr_port(tcp.client_info()["addr"])
+        with audit_run(out, "--pid", str(srv.pid)) as audit:
+            for r, tag in ((tcp, "tcp"), (unix, "unix")):
+                assert r.get(f"mid:{tag}") == b"before"
+                assert r.incr(f"mid:{tag}:n") == 1
+                with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+                    r.lpush(f"mid:{tag}", "x")
+                assert r.client_info()["resp"] == "3"
+            summary = audit.stop()
+    finally:
+        tcp.close()
+        unix.close()
+    everything = check_run(out, summary, audit)
+    cmds = [r for r in everything if r["event"] == "command"]
+    assert summary["mid_stream_connections"] == 3  # these two and the helper's admin connection
+    for tag in ("tcp", "unix"):
+        conn = conn_of(cmds, f"mid:{tag}")
+        mine = [r for r in cmds if r["conn_id"] == conn]
+        assert [(r["command"], r["subcommand"], r["keys"], r["status"]) for r in mine] == [
+            ("GET", None, [f"mid:{tag}"], "ok"),
+            ("INCRBY", None, [f"mid:{tag}:n"], "ok"),
+            ("LPUSH", None, [f"mid:{tag}"], "error"),
+            ("CLIENT", "INFO", [], "ok"),
+        ], tag
+        assert {(r["user"], r["db"]) for r in mine} == {(None, None)}, tag  # unknown: joined mid-connection
+        assert mine[2]["error"].startswith("WRONGTYPE")
+        assert all(0 < r["latency_us"] < LATENCY_BOUND_US for r in mine), tag
+        (connect,) = [r for r in everything if r["conn_id"] == conn and r["event"] == "connect"]
+        assert connect["detail"] == "mid_stream"
+        assert connect["client_pid"] == os.getpid()  # found through /proc at the attach
+        if tag == "tcp":
+            assert {(r["client_addr"], r["client_port"]) for r in mine} == {("127.0.0.1", port)}
+        else:
+            assert {(r["client_addr"], r["client_port"]) for r in mine} == {(f"unix:{srv.unix_path}", None)}
+
+
+def test_reused_fd_numbers_are_new_connections(redis_server: RedisServer, tmp_path: Path) -> None:
+    """Sequential connections (TCP, TCP, Unix, Unix, redis-cli): Redis gives each the same lowest free fd."""
+    srv, out = redis_server, tmp_path / "trail"
+    seen: list[dict[str, Any]] = []
+    with audit_run(out, "--pid", str(srv.pid)) as audit:
+        for i, kwargs in enumerate(({"port": srv.port}, {"port": srv.port}, {"unix_path": srv.unix_path}) * 2):
+            with RespConn(**kwargs) as c:
+                info = client_info(c.call("CLIENT", "INFO").decode())
+                assert c.call("SET", f"fd:{i}", "v") == "OK"
+                port = c.sock.getsockname()[1] if "port" in kwargs else None
+            seen.append({"fd": info["fd"], "port": port, "addr": info["addr"], "key": f"fd:{i}"})
+            deadline = time.monotonic() + 5
+            while f"id={info['id']} " in srv.admin("CLIENT", "LIST").decode():  # Redis closed its end: fd free
+                assert time.monotonic() < deadline, "Redis did not close the connection"
+                time.sleep(0.01)
+        summary = audit.stop()
+    assert len({s["fd"] for s in seen}) == 1, f"Redis did not reuse the fd number: {seen}"
+    everything = check_run(out, summary, audit)
+    cmds = [r for r in everything if r["event"] == "command"]
+    conns = [conn_of(cmds, s["key"]) for s in seen]
+    assert len(set(conns)) == len(seen), conns
+    for s, conn in zip(seen, conns, strict=True):
+        mine = [r for r in cmds if r["conn_id"] == conn]
+        assert [(r["seq"], r["command"], r["keys"], r["status"]) for r in mine] == [
+            (1, "CLIENT", [], "ok"),
+            (2, "SET", [s["key"]], "ok"),
+        ], s
+        want_addr = ("127.0.0.1", s["port"]) if s["port"] else (f"unix:{srv.unix_path}", None)
+        assert {(r["client_addr"], r["client_port"]) for r in mine} == {want_addr}, s
+        assert s["port"] is None or s["addr"] == f"127.0.0.1:{s['port']}"  # Redis agrees on the client port
+        events = [r["event"] for r in everything if r["conn_id"] == conn]
+        assert events == ["connect", "command", "command", "disconnect"], (s, events)
+
+
+# --------------------------------------------------------------------------------------------- restart
+
+
+def test_restarted_redis_is_audited(redis_server: RedisServer, tmp_path: Path) -> None:
+    srv, out = redis_server, tmp_path / "trail"
+    old_pid = srv.pid
+    with audit_run(out, "--port", str(srv.port)) as audit:
+        with RespConn(srv.port) as c:
+            assert c.call("SET", "restart:before", "1") == "OK"
+        srv.restart()
+        assert srv.pid != old_pid
+        time.sleep(RESTART_PICKUP_S)
+        with RespConn(srv.port) as c:
+            assert c.call("SET", "restart:after", "1") == "OK"
+            assert c.call("GET", "restart:after") == b"1"
+            port = c.sock.getsockname()[1]
+        pid, _ = cli(srv, "GET", "restart:after", unix=True)
+        summary = audit.stop()
+    everything = check_run(out, summary, audit)
+    cmds = [r for r in everything if r["event"] == "command"]
+    (before,) = [r for r in cmds if r["keys"] == ["restart:before"]]
+    assert (before["server_pid"], before["status"]) == (old_pid, "ok")
+    after = [r for r in cmds if r["client_port"] == port]
+    assert [(r["command"], r["keys"], r["status"], r["server_pid"]) for r in after] == [
+        ("SET", ["restart:after"], "ok", srv.pid),
+        ("GET", ["restart:after"], "ok", srv.pid),
+    ]
+    # the old process: the helper's SHUTDOWN (no reply: the server exits) ends its connections
+    old = [r for r in everything if r["server_pid"] == old_pid]
+    assert [(r["command"], r["status"]) for r in old if r["event"] == "command"] == [
+        ("SET", "ok"),
+        ("SHUTDOWN", "no_reply"),
+    ]
+    assert {r["conn_id"] for r in old if r["event"] == "connect"} == {
+        r["conn_id"] for r in old if r["event"] == "disconnect"
+    }
+    (via_cli,) = [r for r in cmds if r["client_pid"] == pid]
+    assert (via_cli["command"], via_cli["status"], via_cli["server_pid"], via_cli["client_addr"]) == (
+        "GET", "ok", srv.pid, f"unix:{srv.unix_path}"
+    )  # fmt: skip
