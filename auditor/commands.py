@@ -8,10 +8,14 @@ real redis-server by ``scripts/gen_commands.py`` (COMMAND INFO + COMMAND DOCS);
 the secret / identifier rules that the docs cannot express are in
 ``_NAMED_ROLES`` and ``_FIXUPS`` below.
 
-Hot path: ``lookup`` is one dict get; ``key_positions`` walks the key specs
+Hot path: ``lookup`` is one dict get (the name as sent, in lower or upper
+case; other cases are lower-cased first); ``key_positions`` walks the key specs
 (precomputed positions for the fixed-position commands); ``arg_roles`` walks a
 plan compiled once per command from its argument tree, and results for short
 requests are cached by the request's token "shape" (never by its values).
+``static_roles`` gives, per command and argument count, the roles shared by
+every request in which a few probed arguments are no word of the command: the
+redactor's fast path renders most requests from those without a walk.
 """
 
 from __future__ import annotations
@@ -77,8 +81,10 @@ class CommandInfo:
 
     __slots__ = (
         "_fixed_keys",
+        "_keys_by_count",
         "_plan",
         "_role_cache",
+        "_subs",
         "acl_categories",
         "arguments",
         "arity",
@@ -119,6 +125,12 @@ class CommandInfo:
             self._fixed_keys = tuple(sorted(pos))
         elif not specs and self.first_key <= 0:
             self._fixed_keys = ()
+        # True when the key positions depend only on the number of arguments
+        # (index + range specs, or the legacy first/last/step), never on their content
+        self._keys_by_count: bool = self.name not in _GETKEYS and all(
+            s.bs == "index" and s.find == "range" and "incomplete" not in s.flags for s in specs
+        )
+        self._subs: dict[bytes, CommandInfo] = {}  # subcommand as sent (lower / upper case) -> entry
         self._plan: _Plan | None = None
         self._role_cache: dict[tuple[Any, ...], tuple[tuple[Role, ...], tuple[tuple[int, int], ...]]] = {}
 
@@ -140,7 +152,20 @@ def _table() -> tuple[dict[bytes, CommandInfo], str]:
     text = resources.files("auditor").joinpath("data/commands.json").read_text(encoding="utf-8")
     data = json.loads(text)
     table = {name.encode(): CommandInfo(name, d) for name, d in data["commands"].items()}
+    # exact-bytes fast paths: a request's name as sent in lower or upper case
+    # (nearly all traffic) is found without .lower()
+    for name, info in table.items():
+        _EXACT[name] = _EXACT[name.upper()] = info
+        cmd, bar, sub = name.partition(b"|")
+        if bar:
+            parent = table.get(cmd)
+            if parent is not None:
+                parent._subs[sub] = parent._subs[sub.upper()] = info
     return table, data["redis_version"]
+
+
+# name as sent -> entry (lower / upper case variants of every table name)
+_EXACT: dict[bytes, CommandInfo] = {}
 
 
 def table_version() -> str:
@@ -163,12 +188,19 @@ def lookup(args: Sequence[bytes]) -> CommandInfo | None:
     if not args:
         return None
     name = args[0]
-    if len(name) > _MAX_NAME:
-        return None
-    table = _table()[0]
-    info = table.get(name.lower())
-    if info is not None and info.subcommands and len(args) > 1 and len(args[1]) <= _MAX_NAME:
-        sub = table.get(info.name.encode() + b"|" + args[1].lower())
+    info = _EXACT.get(name)
+    if info is None:
+        if len(name) > _MAX_NAME:
+            return None
+        info = _table()[0].get(name.lower())
+        if info is None:
+            return None
+    if info.subcommands and len(args) > 1:
+        a1 = args[1]
+        subs = info._subs
+        sub = subs.get(a1)
+        if sub is None and len(a1) <= _MAX_NAME:
+            sub = subs.get(a1.lower())
         if sub is not None:
             return sub
     return info
@@ -567,13 +599,24 @@ class _Plan:
 class _Walk:
     """One matching pass over a request (state for the recursive match)."""
 
-    __slots__ = ("args", "checks", "keys", "maxtok", "n", "roles")
+    __slots__ = ("args", "checks", "keys", "maxtok", "n", "roles", "seen")
 
-    def __init__(self, args: Sequence[bytes], n: int, roles: list[Role], keys: frozenset[int], maxtok: int) -> None:
+    def __init__(
+        self,
+        args: Sequence[bytes],
+        n: int,
+        roles: list[Role],
+        keys: frozenset[int],
+        maxtok: int,
+        seen: set[int] | None = None,
+    ) -> None:
         self.args, self.n, self.roles, self.keys, self.maxtok = args, n, roles, keys, maxtok
         self.checks: list[tuple[int, int]] = []
+        self.seen = seen  # when set: every position whose content the walk looked at
 
     def up(self, i: int) -> bytes | None:
+        if self.seen is not None:
+            self.seen.add(i)
         a = self.args[i]
         return a.upper() if len(a) <= self.maxtok else None
 
@@ -698,22 +741,7 @@ def arg_roles(info: CommandInfo | None, args: Sequence[bytes], keys: Sequence[in
             if plan.fixup is not None:
                 plan.fixup(args, roles, plan.start)
             return roles
-    roles = [_VALUE] * n
-    if n:
-        roles[0] = Role.COMMAND
-    if plan.start == 2 and n > 1:
-        roles[1] = Role.SUBCOMMAND
-    keyset = frozenset(keys)
-    walk = _Walk(args, n, roles, keyset, plan.maxtok)
-    walk.seq(plan.segments, plan.start)
-    for i in range(plan.start, n):
-        r = roles[i]
-        if r is _KEY and i not in keyset:
-            roles[i] = _VALUE
-        elif i in keyset and r is not _SECRET:
-            roles[i] = _KEY
-    _secret_after_words(args, roles, 0, n)
-    checks = tuple(walk.checks)
+    roles, checks = _walk_roles(plan, args, n, keys)
     if shape is not None:
         cache_ = info._role_cache
         if len(cache_) >= limits.ROLE_CACHE_PER_COMMAND:
@@ -726,13 +754,133 @@ def arg_roles(info: CommandInfo | None, args: Sequence[bytes], keys: Sequence[in
     return roles
 
 
+def _walk_roles(
+    plan: _Plan, args: Sequence[bytes], n: int, keys: Sequence[int], seen: set[int] | None = None
+) -> tuple[list[Role], tuple[tuple[int, int], ...]]:
+    """Roles from the documented argument tree alone (before the content
+    checks and fixups), and the checks the identifiers found need."""
+    roles = [_VALUE] * n
+    if n:
+        roles[0] = Role.COMMAND
+    if plan.start == 2 and n > 1:
+        roles[1] = Role.SUBCOMMAND
+    keyset = frozenset(keys)
+    walk = _Walk(args, n, roles, keyset, plan.maxtok, seen)
+    walk.seq(plan.segments, plan.start)
+    for i in range(plan.start, n):
+        r = roles[i]
+        if r is _KEY and i not in keyset:
+            roles[i] = _VALUE
+        elif i in keyset and r is not _SECRET:
+            roles[i] = _KEY
+    _secret_after_words(args, roles, 0, n)
+    return roles, tuple(walk.checks)
+
+
+class StaticRoles:
+    """The roles of every request of one command with ``n`` arguments whose
+    arguments at ``probe`` are no documented word of the command (``is_word``),
+    exactly as ``key_positions`` and ``arg_roles`` give them (``checks``: the
+    identifiers that must still have their documented form, as in
+    ``arg_roles``). From ``with_words``: the roles of every request of that
+    count with the same ``signature``; ``words`` then names the word at each
+    TOKEN position. Holds no argument bytes besides those words of the table."""
+
+    __slots__ = ("checks", "info", "keys", "n", "plan", "probe", "roles", "sizes", "tokens", "words")
+
+    def __init__(
+        self,
+        info: CommandInfo,
+        plan: _Plan,
+        n: int,
+        roles: tuple[Role, ...],
+        keys: tuple[int, ...],
+        checks: tuple[tuple[int, int], ...],
+        probe: tuple[int, ...],
+        words: dict[int, str] | None = None,
+    ) -> None:
+        self.info, self.plan, self.n, self.roles, self.keys, self.checks = info, plan, n, roles, keys, checks
+        self.probe = probe
+        self.words = words or {}
+        self.tokens = frozenset(plan.tokens)
+        self.sizes = frozenset(map(len, plan.tokens))  # lengths of the words
+
+    def is_word(self, a: bytes) -> bool:
+        return len(a) in self.sizes and a.upper() in self.tokens
+
+    def signature(self, args: Sequence[bytes]) -> tuple[int | None, ...]:
+        """Which word of the command each argument is (None: none). Equal
+        signatures (and counts) give equal roles."""
+        word = self.plan.tokens.get
+        sizes = self.sizes
+        return tuple([word(a.upper()) if len(a) in sizes else None for a in args])
+
+    def roles_of(self, args: Sequence[bytes]) -> list[Role]:
+        """``arg_roles`` of a request these roles are for."""
+        roles = list(self.roles)
+        if self.checks:
+            _apply_checks(args, roles, self.checks)
+        return roles
+
+    def with_words(self, args: Sequence[bytes]) -> StaticRoles | None:
+        """The roles of every request of this count with the signature of
+        ``args`` (None: they hold a script, whose rendering needs its bytes)."""
+        roles, checks = _walk_roles(self.plan, args, self.n, self.keys)
+        if _SCRIPT in roles:
+            return None
+        # a TOKEN is an argument equal (case aside) to a word of the table
+        words = {i: args[i].upper().decode("ascii") for i, r in enumerate(roles) if r is Role.TOKEN}
+        return StaticRoles(self.info, self.plan, self.n, tuple(roles), self.keys, checks, (), words)
+
+    def __repr__(self) -> str:
+        return f"StaticRoles({self.info.name!r}, n={self.n})"
+
+
+def static_roles(info: CommandInfo, n: int) -> StaticRoles | None:
+    """The roles of every request of ``n`` arguments to ``info`` in which no
+    argument at the returned ``probe`` positions is a documented word (or
+    AUTH / AUTH2), or None when they depend on more than the words (key
+    positions found by keyword or key count, per-command fixups such as AUTH
+    or CONFIG SET, scripts).
+
+    How: the documented tree is walked once over placeholder arguments that
+    are no word at all, recording every position whose content the walk
+    looks at; the AUTH-word scan looks at every position that is not a key.
+    The walk is deterministic and sees an argument only through the word it
+    is (if any): a request with no word at those positions takes the same
+    path to the same roles.
+    """
+    if not info._keys_by_count or n < 1:
+        return None
+    plan = _plan(info)
+    start = plan.start
+    if plan.fixup is not None or n < start:
+        return None
+    filler = b"\0" * (plan.maxtok + 1)  # longer than every word: never one
+    head = [info.command.encode()]
+    if info.subcommand is not None:
+        head.append(info.subcommand.encode())
+    args = head + [filler] * (n - len(head))
+    keys = key_positions(info, args)
+    seen: set[int] = set()
+    roles, checks = _walk_roles(plan, args, n, keys, seen)
+    if _SCRIPT in roles or Role.TOKEN in roles:
+        return None
+    # the AUTH-word scan reads every non-key position but the last
+    seen.update(i for i in range(start, n - 1) if roles[i] is not _KEY)
+    probe = tuple(sorted(i for i in seen if i >= start))
+    return StaticRoles(info, plan, n, tuple(roles), tuple(keys), checks, probe)
+
+
 _CACHE_MAX_ARGS = 16
 
 _CHECK_INT, _CHECK_HEX = 1, 2
-_CHECKS = {
+# check kind -> what an identifier of that form must fully match (else it is a VALUE)
+IDENT_CHECKS: dict[int, Callable[[bytes], re.Match[bytes] | None]] = {
     _CHECK_INT: re.compile(rb"-?[0-9]{1,20}").fullmatch,
     _CHECK_HEX: re.compile(rb"[0-9A-Fa-f]{1,40}").fullmatch,
 }
+_CHECKS = IDENT_CHECKS
 
 
 def _apply_checks(args: Sequence[bytes], roles: list[Role], checks: tuple[tuple[int, int], ...]) -> None:

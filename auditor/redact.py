@@ -1,7 +1,9 @@
 """Redaction: ``Exchange`` (raw request bytes) -> ``Row`` (safe to write).
 
-A pure stage: no I/O, no state besides the policy. Sinks accept only Rows, so
-what is not put into a Row here cannot reach disk (DESIGN.md §4):
+A pure stage: no I/O, no state besides the policy and caches (bounded, in
+memory) of what depends on a request's shape only, plus the HMACs of recent
+keys under ``--keys hash``. Sinks accept only Rows, so what is not put into a
+Row here cannot reach disk (DESIGN.md §4):
 
 - secrets (AUTH / HELLO AUTH / MIGRATE AUTH passwords, ACL SETUSER >pass
   <pass #hash !hash, CONFIG SET *pass* / masterauth values) become
@@ -17,16 +19,28 @@ what is not put into a Row here cannot reach disk (DESIGN.md §4):
   command's name or an argument already kept is replaced;
 - an unknown command that Redis rejected (or whose reply was not seen) is
   ``<unknown:N>``: its name may be a password pasted at the prompt.
+
+Hot path (``Redactor.row``): a request of a known command whose key positions
+depend on the argument count only, with at most 32 arguments, is rendered from
+a plan built once per (name as sent, count) from ``commands.static_roles``:
+the plan holds positions, table names and markers, never argument bytes. When
+one of its probed arguments is a word of the command (SET k v EX 10), the plan
+for that request's word signature is used instead. Everything else (unknown
+commands, AUTH / CONFIG SET / ACL SETUSER, scripts, keys found by keyword or
+count) takes the general path ``Redactor._row``; both give equal Rows
+(tests/test_redact.py checks it over the whole command table).
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable
 from enum import StrEnum
+from typing import Any, Literal
 
 from . import limits
-from .commands import CommandInfo, Role, arg_roles, key_positions, lookup
+from .commands import IDENT_CHECKS, CommandInfo, Role, StaticRoles, arg_roles, key_positions, lookup, static_roles
 from .types import Event, Exchange, Request, Row, Source, Status
 
 
@@ -41,6 +55,10 @@ class KeysPolicy(StrEnum):
 
 _KEY, _TOKEN, _VALUE, _SECRET, _SCRIPT, _IDENT = Role.KEY, Role.TOKEN, Role.VALUE, Role.SECRET, Role.SCRIPT, Role.IDENT
 _MAX_ROLE_ARGS, _MAX_ROW_KEYS, _MAX_ROW_ARGS = limits.MAX_ROLE_ARGS, limits.MAX_ROW_KEYS, limits.MAX_ROW_ARGS
+_MAX_KEY_CHARS = limits.MAX_KEY_CHARS
+# Row is a NamedTuple: tuple.__new__ with the 32 columns in order skips its
+# Python-level __new__ (same object, half the cost)
+_new_row = tuple.__new__
 # enum member -> plain str (a dict lookup is cheaper than the .value descriptor)
 _PLAIN: dict[StrEnum, str] = {e: e.value for cls in (Event, Source, Status) for e in cls}
 
@@ -103,11 +121,76 @@ def mask_key(text: str) -> str:
     return _NUMBERS.sub(_number_sub, text)
 
 
+# Whether masking can change a key depends only on its character classes:
+# every pattern above is built from letters, digits and the characters
+# ._%+- @ (a pattern added there must keep it so; the tests compare with
+# mask_key). Keys are mapped to their class string and the answer is
+# remembered per class string ("key:000123" and "key:987654" share
+# "aaa#999999").
+def _char_class(c: int) -> int:
+    ch = chr(c)
+    if c >= 128:
+        return ord("~")  # non-ASCII: such keys are masked directly
+    if ch.isalpha():
+        return ord("a")
+    if ch.isdigit():
+        return ord("9")
+    return c if ch in "._%+- @" else ord("#")
+
+
+_CLASS_OF = bytes(map(_char_class, range(256)))
+_MASK_NOOP: dict[bytes, bool] = {}  # class string -> masking leaves such keys as they are
+_MASK_NOOP_MAX = 16384
+_MASK_NOOP_MAX_LEN = min(128, _MAX_KEY_CHARS)  # longer keys are masked directly (and not remembered)
+
+
+def _mask_noop(cls: bytes) -> bool:
+    """``mask_key`` leaves every key of class string ``cls`` as it is: no
+    pattern it tries can match (the same guards, on the class string)."""
+    if cls.find(b"~") >= 0:
+        return False  # non-ASCII: decoded with escapes, masked directly
+    text = cls.decode("ascii")
+    if "@" in text and _EMAIL.search(text) is not None:
+        return False
+    return "9" not in text or (_IBAN.search(text) is None and _NUMBERS.search(text) is None)
+
+
+def _plain_key(raw: bytes) -> str:
+    try:
+        text = raw.decode()  # (as _text, inlined)
+    except UnicodeDecodeError:
+        text = raw.decode("utf-8", "backslashreplace")
+    return text if len(text) <= _MAX_KEY_CHARS else _clip(text, _MAX_KEY_CHARS)
+
+
+def _mask_key1(raw: bytes) -> str:
+    try:
+        text = raw.decode()  # (as _text, inlined)
+    except UnicodeDecodeError:
+        text = raw.decode("utf-8", "backslashreplace")
+    if len(raw) <= _MASK_NOOP_MAX_LEN:
+        cls = raw.translate(_CLASS_OF)
+        noop = _MASK_NOOP.get(cls)
+        if noop is None:
+            noop = _mask_noop(cls)
+            if len(_MASK_NOOP) >= _MASK_NOOP_MAX:
+                _MASK_NOOP.clear()
+            _MASK_NOOP[cls] = noop
+        if noop:
+            return text  # ASCII: as long as raw, within MAX_KEY_CHARS
+    text = mask_key(text)
+    return text if len(text) <= _MAX_KEY_CHARS else _clip(text, _MAX_KEY_CHARS)
+
+
 # --- text helpers -----------------------------------------------------------------
 
 
 def _text(raw: bytes) -> str:
-    return raw.decode("utf-8", "backslashreplace")
+    """UTF-8, invalid bytes as \\xNN escapes."""
+    try:
+        return raw.decode()  # (no arguments: the fastest call; same text when valid)
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", "backslashreplace")
 
 
 def _clip(text: str, max_chars: int, missing: int = 0) -> str:
@@ -131,10 +214,188 @@ _UNKNOWN_PREFIXES = ("ERR unknown command", "ERR unknown subcommand")
 _ARGS_ECHO = "with args beginning with:"
 
 
+# --- static plans: what every request of one shape shares --------------------------
+
+_NRED = limits.MAX_ARG_KEEP + 1
+_REDACTED = [f"<redacted:{k}>" for k in range(_NRED)]  # value markers, precomputed for small lengths
+
+
+def _redacted(size: int) -> str:
+    return _REDACTED[size] if size < _NRED else f"<redacted:{size}>"
+
+
+# requests of up to this many arguments get a static plan per (command, count)
+_SHAPE_MAX_ARGS = 32
+# names (and subcommand names) as sent remembered for the fast path; odd-cased
+# variants beyond this take the general path, which is equivalent
+_MAX_NAMES = 4096
+# plans for requests with words (SET k v EX 10, ZADD z NX 1 m): (plan of the
+# shape, word signature) -> plan; bounded, as signatures are many
+_VARIANTS: dict[tuple[_Shape, tuple[int | None, ...]], _Shape | Literal[False]] = {}
+_MAX_VARIANTS = 16384
+
+
+class _Shape:
+    """A ``StaticRoles`` compiled for rendering: the row's command columns and,
+    per argument, what to put in ``args`` (never a byte of a value or secret
+    held here: only positions, table names and fixed markers)."""
+
+    __slots__ = (
+        "acl",
+        "acts",
+        "command",
+        "keys",
+        "probe",
+        "sizes",
+        "static",
+        "subcommand",
+        "tokens",
+        "values",
+    )
+
+    def __init__(self, st: StaticRoles, acl: list[str] | None = None) -> None:
+        info = st.info
+        self.static = st
+        self.command = info.command
+        self.subcommand = info.subcommand
+        # one list shared by every row of this command (the sink only reads it)
+        self.acl: list[str] = list(info.acl_categories) if acl is None else acl
+        self.keys = st.keys
+        self.probe = st.probe
+        self.tokens = st.tokens
+        self.sizes = st.sizes
+        # what to put in ``args`` for each argument that is not a key, in
+        # order: a position (a value: its length), a str (a word as sent,
+        # upper-cased, or the secret marker) or (position, check) for an
+        # identifier (kept when of its documented form)
+        checks = dict(st.checks)
+        start = 1 if info.subcommand is None else 2
+        acts: list[int | str | tuple[int, Callable[[bytes], object] | None]] = []
+        for i in range(start, st.n):
+            r = st.roles[i]
+            if r is _KEY:
+                continue
+            if r is _VALUE:
+                acts.append(i)
+            elif r is _TOKEN:
+                acts.append(st.words[i])
+            elif r is _SECRET:
+                acts.append("<secret>")
+            elif r is _IDENT:
+                kind = checks.get(i)
+                acts.append((i, None if kind is None else IDENT_CHECKS[kind]))
+            else:  # StaticRoles hold no SCRIPT (nor COMMAND / SUBCOMMAND after start)
+                raise AssertionError(f"role {r.name} in a static plan")
+        self.acts = tuple(acts)
+        # nearly every shape: arguments that are all values
+        self.values: tuple[int, ...] | None = None
+        if all(a.__class__ is int for a in acts):
+            self.values = tuple(acts)  # type: ignore[arg-type]
+
+    def with_words(self, args: list[bytes]) -> _Shape | Literal[False]:
+        """The plan for a request of this shape in which a probed argument is
+        a word (False: none, general path)."""
+        key = (self, self.static.signature(args))
+        shape = _VARIANTS.get(key)
+        if shape is None:
+            st = self.static.with_words(args)
+            shape = False if st is None else _Shape(st, self.acl)  # type: ignore[assignment]
+            if len(_VARIANTS) >= _MAX_VARIANTS:
+                _VARIANTS.clear()
+            _VARIANTS[key] = shape
+        return shape
+
+    def __repr__(self) -> str:
+        return f"_Shape({self.command!r}, {self.subcommand!r}, keys={self.keys})"
+
+
+_Plans = list[_Shape | Literal[False] | None]
+
+# request name as sent -> plans by argument count (index: count; None: not
+# built yet, False: no static plan); container commands (CONFIG, CLIENT...)
+# are in _CONTAINERS: their name as sent -> subcommand name as sent -> plans
+_BY_NAME: dict[bytes, _Plans] = {}
+_CONTAINERS: dict[bytes, dict[bytes, _Plans]] = {}
+_PLANS: dict[CommandInfo, _Plans] = {}
+
+
+def _plans(info: CommandInfo) -> _Plans:
+    plans = _PLANS.get(info)
+    if plans is None:
+        plans = _PLANS[info] = [None] * (_SHAPE_MAX_ARGS + 1)
+    return plans
+
+
+def _find_plans(args: list[bytes]) -> _Plans | None:
+    """Plans for a request whose name is not in _BY_NAME: a command name seen
+    for the first time (remembered there), or a container command's
+    subcommand (remembered in _CONTAINERS). None: unknown command or
+    subcommand, or a table name such as ``config|set`` sent as a name:
+    general path."""
+    name = args[0]
+    subs = _CONTAINERS.get(name)
+    if subs is None:
+        if len(_BY_NAME) + len(_CONTAINERS) >= _MAX_NAMES:
+            return None
+        info = lookup(args[:1])
+        if info is None or info.subcommand is not None:
+            return None
+        if not info.subcommands:
+            plans = _BY_NAME[name] = _plans(info)
+            return plans
+        subs = _CONTAINERS[name] = {}
+    if len(args) < 2:
+        return None
+    found = subs.get(args[1])
+    if found is None:
+        if len(subs) >= _MAX_NAMES:
+            return None
+        info = lookup(args)
+        if info is None or info.subcommand is None:
+            return None
+        found = subs[args[1]] = _plans(info)
+    return found
+
+
+def _build(plans: _Plans, info: CommandInfo, n: int) -> _Shape | Literal[False]:
+    st = static_roles(info, n)
+    shape: _Shape | Literal[False] = False if st is None else _Shape(st)
+    plans[n] = shape
+    return shape
+
+
+def _render(sh: _Shape, args: list[bytes], lens: list[int] | None) -> list[str]:
+    """``args`` of a request under a static plan (``lens``: the true lengths
+    when the parser truncated an argument)."""
+    red = _REDACTED
+    out: list[str] = []
+    act: Any
+    for act in sh.acts:
+        if act.__class__ is int:
+            size = len(args[act]) if lens is None else lens[act]
+            out.append(red[size] if size < _NRED else _redacted(size))
+        elif act.__class__ is str:
+            out.append(act)
+        else:
+            i, check = act
+            a = args[i]
+            size = len(a) if lens is None else lens[i]
+            if check is not None and check(a) is None:
+                out.append(_redacted(size))  # an identifier not of its documented form
+            else:
+                out.append(_clip(_text(a), limits.MAX_IDENT_CHARS, size - len(a)))
+    return out
+
+
+# --keys hash: HMACs remembered per Redactor (memory only, bounded)
+_HASHED_MAX = 16384
+_HASHED_MAX_LEN = 128
+
+
 class Redactor:
     """Turns Exchanges into Rows under one keys policy (see module doc)."""
 
-    __slots__ = ("_drop", "_hmac_key", "_inner", "_outer", "keys")
+    __slots__ = ("_drop", "_hashed", "_hmac_key", "_inner", "_key1", "_outer", "keys")
 
     def __init__(self, keys: KeysPolicy | str = KeysPolicy.MASK, hmac_key: bytes | None = None) -> None:
         self.keys = KeysPolicy(keys)
@@ -150,6 +411,15 @@ class Redactor:
             k = k.ljust(64, b"\0")
             self._inner = hashlib.sha256(bytes(x ^ 0x36 for x in k))
             self._outer = hashlib.sha256(bytes(x ^ 0x5C for x in k))
+        # recent key names -> their HMAC (hot keys repeat; an HMAC costs ~1 µs)
+        self._hashed: dict[bytes, str] = {}
+        # one complete key name (not truncated by the parser) -> its text
+        self._key1 = {
+            KeysPolicy.PLAIN: _plain_key,
+            KeysPolicy.MASK: _mask_key1,
+            KeysPolicy.HASH: self._hash_key1,
+            KeysPolicy.DROP: _plain_key,  # never called
+        }[self.keys]
 
     def __repr__(self) -> str:
         return f"Redactor(keys={self.keys.value}, hmac_key={'<set>' if self._hmac_key else None})"
@@ -157,6 +427,120 @@ class Redactor:
     # -- public ----------------------------------------------------------------
 
     def row(self, ex: Exchange) -> Row:
+        # Fast path: a request whose shape has a static plan (the role of
+        # every argument known from the command, the argument count and which
+        # arguments are words of the command, see commands.static_roles).
+        # Anything else takes ``_row``; both give equal Rows.
+        req = ex.request
+        if req is None or (m := ex.meta) is None:
+            return self._row(ex)
+        args = req.args
+        n = len(args)
+        if not 0 < n <= _SHAPE_MAX_ARGS:
+            return self._row(ex)
+        plans = _BY_NAME.get(args[0])
+        if plans is None:
+            plans = _find_plans(args)
+            if plans is None:
+                return self._row(ex)
+        found = plans[n]
+        if found.__class__ is not _Shape:
+            if found is None:
+                found = _build(plans, lookup(args), n)  # type: ignore[arg-type]
+            if found is False:
+                return self._row(ex)
+        sh: _Shape = found  # type: ignore[assignment]
+        probe = sh.probe
+        if probe:
+            tokens = sh.tokens
+            sizes = sh.sizes
+            for i in probe:
+                a = args[i]
+                if len(a) in sizes and a.upper() in tokens:
+                    found = sh.with_words(args)
+                    if found is False:
+                        return self._row(ex)
+                    sh = found
+                    break
+
+        # (explicit loops: a comprehension costs a function call in 3.11)
+        kpos = sh.keys
+        lens = req.lens
+        if lens is not None:  # the parser truncated an argument
+            keys: list[str] = []
+            if not self._drop:
+                key = self.key
+                for i in kpos:
+                    keys.append(key(args[i], lens[i]))
+            out = _render(sh, args, lens)
+        else:
+            if self._drop or not kpos:
+                keys = []
+            elif len(kpos) == 1:
+                keys = [self._key1(args[kpos[0]])]
+            else:
+                key1 = self._key1
+                keys = []
+                for i in kpos:
+                    keys.append(key1(args[i]))
+            values = sh.values
+            if values is None:
+                out = _render(sh, args, None)
+            elif len(values) == 1:
+                size = len(args[values[0]])
+                out = [_REDACTED[size] if size < _NRED else _redacted(size)]
+            else:
+                red = _REDACTED
+                out = []
+                for i in values:
+                    size = len(args[i])
+                    out.append(red[size] if size < _NRED else _redacted(size))
+        error = None
+        if ex.error is not None:  # (rare: scrubbing costs more than the rest)
+            st = sh.static
+            error = self._error(ex.error, st.info, req, st.roles_of(args), False)
+        status = ex.status
+        rts = ex.reply_ts_ns
+        return _new_row(
+            Row,
+            (
+                ex.ts_ns,
+                _PLAIN[ex.event],
+                _PLAIN[m.source],
+                ex.conn,
+                ex.seq,
+                m.client_addr,
+                m.client_port,
+                m.server_addr,
+                m.server_port,
+                m.server_pid,
+                m.server_uid,
+                m.client_pid,
+                m.client_uid,
+                m.client_comm,
+                ex.user,
+                ex.db,
+                sh.command,
+                sh.subcommand,
+                keys,
+                out,
+                None if status is None else _PLAIN[status],
+                error,
+                None if rts is None else (rts - req.ts_ns) / 1000,
+                req.nbytes,
+                ex.reply_bytes,
+                ex.reply_type,
+                ex.resp,
+                ex.tx,
+                sh.acl,
+                ex.detail,
+                ex.lost_bytes,
+                ex.lost_events,
+            ),
+        )
+
+    def _row(self, ex: Exchange) -> Row:
+        """Any Exchange (the general path)."""
         m = ex.meta
         req = ex.request
         status = ex.status
@@ -198,59 +582,71 @@ class Redactor:
                 lost_bytes=ex.lost_bytes,
                 lost_events=ex.lost_events,
             )
-        return Row(
-            ex.ts_ns,
-            _PLAIN[ex.event],
-            _PLAIN[m.source],
-            ex.conn,
-            ex.seq,
-            m.client_addr,
-            m.client_port,
-            m.server_addr,
-            m.server_port,
-            m.server_pid,
-            m.server_uid,
-            m.client_pid,
-            m.client_uid,
-            m.client_comm,
-            ex.user,
-            ex.db,
-            command,
-            subcommand,
-            keys,
-            args,
-            None if status is None else _PLAIN[status],
-            error,
-            latency_us,
-            request_bytes,
-            ex.reply_bytes,
-            ex.reply_type,
-            ex.resp,
-            ex.tx,
-            acl,
-            ex.detail,
-            ex.lost_bytes,
-            ex.lost_events,
+        return _new_row(
+            Row,
+            (
+                ex.ts_ns,
+                _PLAIN[ex.event],
+                _PLAIN[m.source],
+                ex.conn,
+                ex.seq,
+                m.client_addr,
+                m.client_port,
+                m.server_addr,
+                m.server_port,
+                m.server_pid,
+                m.server_uid,
+                m.client_pid,
+                m.client_uid,
+                m.client_comm,
+                ex.user,
+                ex.db,
+                command,
+                subcommand,
+                keys,
+                args,
+                None if status is None else _PLAIN[status],
+                error,
+                latency_us,
+                request_bytes,
+                ex.reply_bytes,
+                ex.reply_type,
+                ex.resp,
+                ex.tx,
+                acl,
+                ex.detail,
+                ex.lost_bytes,
+                ex.lost_events,
+            ),
         )
+
+    def _hash_key1(self, raw: bytes) -> str:
+        text = self._hashed.get(raw)
+        if text is None:
+            inner = self._inner.copy()  # type: ignore[union-attr]
+            inner.update(raw)
+            outer = self._outer.copy()  # type: ignore[union-attr]
+            outer.update(inner.digest())
+            text = "hmac:" + outer.hexdigest()[:32]
+            if len(raw) <= _HASHED_MAX_LEN:
+                hashed = self._hashed
+                if len(hashed) >= _HASHED_MAX:
+                    hashed.clear()
+                hashed[raw] = text
+        return text
 
     def key(self, raw: bytes, true_len: int | None = None) -> str:
         """One key name under this policy (``true_len``: its length on the wire
         when ``raw`` was truncated by the parser). Not for DROP."""
         missing = 0 if true_len is None else max(0, true_len - len(raw))
-        policy = self.keys
-        if policy is KeysPolicy.HASH:
-            inner = self._inner.copy()  # type: ignore[union-attr]
-            inner.update(raw)
-            outer = self._outer.copy()  # type: ignore[union-attr]
-            outer.update(inner.digest())
-            digest = outer.hexdigest()[:32]
-            return f"hmac:{digest}" if not missing else f"hmac:{digest}…<+{missing}>"
+        if not missing:
+            return self._key1(raw)
+        if self.keys is KeysPolicy.HASH:
+            return f"{self._hash_key1(raw)}…<+{missing}>"
         text = raw.decode("utf-8", "backslashreplace")
-        if policy is KeysPolicy.MASK:
+        if self.keys is KeysPolicy.MASK:
             text = mask_key(text)
-        if missing or len(text) > limits.MAX_KEY_CHARS:
-            return _clip(text, limits.MAX_KEY_CHARS, missing)
-        return text
+        return _clip(text, limits.MAX_KEY_CHARS, missing)
 
     # -- internals -----------------------------------------------------------
 

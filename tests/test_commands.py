@@ -3,6 +3,7 @@ COMMAND GETKEYS) and argument roles."""
 
 from __future__ import annotations
 
+import random
 import shlex
 from collections.abc import Iterator
 
@@ -255,3 +256,101 @@ def test_secret_roles() -> None:
     assert [r for _, r in _roles("CONFIG SET a&b v")] == ["COMMAND", "SUBCOMMAND", "VALUE", "VALUE"]
     assert dict(_roles("SCRIPT LOAD body"))["body"] == "SCRIPT"
     assert dict(_roles("FUNCTION LOAD REPLACE body"))["body"] == "SCRIPT"
+
+
+# --- fast paths: exact-bytes lookup, static roles per shape ---------------------------------
+
+
+def test_lookup_any_case_and_table_names() -> None:
+    for line, name in {
+        "SET k v": "set",
+        "set k v": "set",
+        "SeT k v": "set",
+        "config set maxmemory 1": "config|set",
+        "CONFIG SET maxmemory 1": "config|set",
+        "Config sEt maxmemory 1": "config|set",
+        "CONFIG": "config",
+        "CONFIG nosuch": "config",
+        "config|set maxmemory 1": "config|set",  # a table name sent as a name, as before
+    }.items():
+        info = lookup(_args(line))
+        assert info is not None and info.name == name, line
+    assert lookup([b"config", b"x" * 100]) is not None
+    assert lookup([b"s" * 65]) is None
+
+
+def _word_variants(info: commands.CommandInfo) -> list[bytes]:
+    words = sorted(commands._plan(info).tokens)
+    return words + [w.lower() for w in words] + [w[:1] + w[1:].lower() for w in words]
+
+
+_FILLERS = [b"xxx", b"", b"10", b"-1", b"0123abcd", b"v" * 40, b"k:1", b"\xff", b"*", b"$", b">", b"on", b"~*"]
+
+
+def _requests(info: commands.CommandInfo, n: int, rnd: random.Random, word_share: float) -> Iterator[list[bytes]]:
+    head = [info.command.encode()] + ([info.subcommand.encode()] if info.subcommand else [])
+    words = _word_variants(info)
+    for _ in range(6):
+        rest = [rnd.choice(words) if rnd.random() < word_share else rnd.choice(_FILLERS) for _ in range(n - len(head))]
+        yield head + rest
+
+
+@pytest.mark.parametrize("word_share", [0.0, 0.3])
+def test_static_roles_equal_arg_roles(word_share: float) -> None:
+    """For every command and argument count: a request with no word at the
+    probed positions has exactly the static roles and keys; any request has
+    the roles of its signature (and equal signatures give equal roles)."""
+    rnd = random.Random(7)
+    checked = 0
+    for info in commands.all_commands().values():
+        for n in range(1, 12):
+            st = commands.static_roles(info, n)
+            if st is None:
+                continue
+            for args in _requests(info, n, rnd, word_share):
+                if len(args) != n:
+                    continue
+                want_keys = key_positions(info, args)
+                want = arg_roles(info, args)
+                assert list(st.keys) == want_keys, (info.name, n)
+                if not any(st.is_word(args[i]) for i in st.probe):
+                    assert st.roles_of(args) == want, (info.name, n)
+                sub = st.with_words(args)
+                if sub is not None:
+                    assert sub.roles_of(args) == want, (info.name, n)
+                    for i, word in sub.words.items():
+                        assert args[i].upper().decode() == word
+                checked += 1
+    assert checked > 1000
+
+
+def test_static_roles_refused_where_content_decides() -> None:
+    """No static roles where more than the words decides: keys found by
+    keyword or count, per-command fixups (secrets), scripts."""
+    for name, n in [
+        ("auth", 2),
+        ("auth", 3),
+        ("config|set", 4),
+        ("acl|setuser", 4),
+        ("module|loadex", 6),
+        ("eval", 4),
+        ("xread", 5),
+        ("migrate", 6),
+        ("sort", 3),
+        ("script|load", 3),
+        ("function|load", 3),
+    ]:
+        assert commands.static_roles(commands.all_commands()[name], n) is None, name
+
+
+def test_static_roles_probe_covers_auth_words() -> None:
+    """LPUSH l AUTH pw: the word AUTH at any non-key position leaves the
+    static roles (the value after it becomes a secret)."""
+    info = commands.all_commands()["lpush"]
+    st = commands.static_roles(info, 4)
+    assert st is not None
+    args = [b"LPUSH", b"l", b"auth", b"pw"]
+    assert any(st.is_word(args[i]) for i in st.probe)
+    sub = st.with_words(args)
+    assert sub is not None and sub.roles_of(args)[3] is Role.SECRET
+    assert st.roles_of([b"LPUSH", b"l", b"a", b"b"]) == [Role.COMMAND, Role.KEY, Role.VALUE, Role.VALUE]

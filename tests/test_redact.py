@@ -6,12 +6,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import random
 import stat
 from pathlib import Path
 
 import pytest
 
-from auditor import limits
+from auditor import limits, redact
+from auditor.commands import _plan, all_commands
 from auditor.keyfile import KeyFileError, default_key_path, load_or_create_key
 from auditor.redact import KeysPolicy, Redactor, luhn_ok, mask_key
 from auditor.types import ConnMeta, Event, Exchange, Request, Row, Source, Status
@@ -419,3 +421,144 @@ def test_keyfile_default_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
     monkeypatch.delenv("REDIS_AUDIT_KEY_FILE")
     expected = "/var/lib/redis-audit/hmac.key" if os.geteuid() == 0 else ".local/share/redis-audit/hmac.key"
     assert str(default_key_path()).endswith(expected)
+
+
+# --- fast path: static plans per request shape -------------------------------------------------
+
+# requests of one command (of one argument count but for AUTH) whose secrets sit
+# at different places, or only in one of them
+SHAPE_PAIRS: list[tuple[list[str], list[str]]] = [
+    (["AUTH", "bob", "x"], ["AUTH", CANARY]),
+    (["AUTH", "x"], ["AUTH", "bob", CANARY]),
+    (["AUTH", "bob", "x"], ["auth", "bob", CANARY, "extra"]),
+    (["CONFIG", "SET", "maxmemory", "1gb"], ["CONFIG", "SET", "requirepass", CANARY]),
+    (["config", "set", "maxmemory", "1gb"], ["config", "set", "masterauth", CANARY]),
+    (["ACL", "SETUSER", "bob", "on", "~*"], ["ACL", "SETUSER", "bob", "on", f">{CANARY}"]),
+    (["ACL", "SETUSER", "bob", "on"], ["ACL", "SETUSER", f">{CANARY}", "on"]),
+    (["HELLO", "3", "SETNAME", "app", "x"], ["HELLO", "3", "AUTH", "bob", CANARY]),
+    (["LPUSH", "l", "a", "b"], ["LPUSH", "l", "AUTH", CANARY]),
+    (["LPUSH", "l", "a", "b"], ["lpush", "l", "auth", CANARY]),
+    (["SET", "k", "v", "GET"], ["SET", "k", "AUTH", CANARY]),
+    (["MIGRATE", "h", "1", "k", "0", "5", "COPY", "x"], ["MIGRATE", "h", "1", "k", "0", "5", "AUTH", CANARY]),
+    (["MODULE", "LOADEX", "/m.so", "CONFIG", "a", "b"], ["MODULE", "LOADEX", "/m.so", "CONFIG", "m.pass", CANARY]),
+]
+
+
+@pytest.mark.parametrize("policy", list(KeysPolicy))
+@pytest.mark.parametrize(("plain", "secret"), SHAPE_PAIRS, ids=[" ".join(p[1])[:40] for p in SHAPE_PAIRS])
+def test_shape_cache_never_mixes_secret_positions(plain: list[str], secret: list[str], policy: KeysPolicy) -> None:
+    """In every order, with plans built by the first: the request holding a
+    secret never gets the plan of the one without (nor the other way round)."""
+    red = Redactor(policy, HMAC_KEY)
+    for order in ((plain, secret), (secret, plain), (plain, secret, plain, secret)):
+        for args in order:
+            r = red.row(ex(args))
+            assert r == red._row(ex(args))
+            if args is secret:
+                assert CANARY not in repr(r) and "<secret>" in (r.args or [])
+
+
+def _corpus() -> list[tuple[list[bytes], Status, bytes | None, list[int] | None]]:
+    rnd = random.Random(11)
+    table = all_commands()
+    values = [b"xxx", b"", b"10", b"-5", b"abc", b"\xff\xfe", b"user@example.com", b"4111111111111111", b"AUTH"]
+    values += [b"+14155552671", b"DE89370400440532013000", b"0123abcd" * 5, b"on", b">pw", b"~*", b"x" * 5000]
+    out: list[tuple[list[bytes], Status, bytes | None, list[int] | None]] = []
+    for name, info in sorted(table.items()):
+        cmd, _, sub = name.partition("|")
+        words = sorted(_plan(info).tokens)
+        for _ in range(8):
+            args = [rnd.choice([cmd.encode(), cmd.upper().encode(), cmd.capitalize().encode()])]
+            if sub:
+                args.append(rnd.choice([sub.encode(), sub.upper().encode()]))
+            for _ in range(rnd.choice([0, 1, 2, 3, 5, 8, 40])):
+                r = rnd.random()
+                if r < 0.25 and words:
+                    w = rnd.choice(words)
+                    args.append(w if r < 0.15 else w.lower())
+                elif r < 0.7:
+                    args.append(rnd.choice(values))
+                else:
+                    args.append(f"key:{rnd.randint(0, 10**12):012d}".encode())
+            status = rnd.choice([Status.OK, Status.OK, Status.ERROR, Status.NO_REPLY])
+            error = None
+            if status is Status.ERROR and rnd.random() < 0.7:
+                quoted = rnd.choice(args)[:30]
+                error = rnd.choice([b"ERR syntax error near '" + quoted + b"'", b"ERR value `" + quoted + b"` is bad"])
+            lens = [len(a) + rnd.choice([0, 0, 7]) for a in args] if rnd.random() < 0.1 else None
+            out.append((args, status, error, lens))
+    return out
+
+
+CORPUS = _corpus()
+
+
+@pytest.mark.parametrize("policy", list(KeysPolicy))
+def test_fast_path_equals_general_path(policy: KeysPolicy) -> None:
+    """Every request of a corpus drawn from the whole command table (words in
+    any case, values that look like words, truncated arguments, error
+    replies) gives the same Row on the fast path as on the general one."""
+    red = Redactor(policy, HMAC_KEY)
+    for _ in range(2):  # the second round runs on built plans
+        for args, status, error, lens in CORPUS:
+            assert red.row(ex(args, status, error, lens)) == red._row(ex(args, status, error, lens)), args[:3]
+
+
+def test_fast_path_covers_typical_commands() -> None:
+    """The benchmark commands take the fast path (no general-path call)."""
+    calls: list[object] = []
+
+    class Spy(Redactor):
+        __slots__ = ()
+
+        def _row(self, e: Exchange) -> Row:
+            calls.append(e)
+            return super()._row(e)
+
+    red = Spy(KeysPolicy.MASK)
+    typical = ["SET key:000123 xxx", "GET key:000123", "INCR counter", "LPUSH l xxx", "HSET h f xxx"]
+    typical += ["MSET a 1 b 2 c 3", "EXPIRE k 10", "set k v", "SET k v EX 10", "ZADD z NX 1 m", "SELECT 3"]
+    for line in typical:
+        for _ in range(2):
+            red.row(ex(line.split()))
+    assert calls == []
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["key:000123", "key:000000001234", "user:alice@example.com", "card:4111111111111111", "card:4111111111111112",
+     "ssn:123-45-6789", "phone:+14155552671", "iban:DE89370400440532013000", "iban:GB82 WEST 1234 5698 7654 32",
+     "order:12345678901234567890123", "a.b_c%d+e-f g", "k\xe9y:4111111111111111", "x" * 2000],
+)  # fmt: skip
+def test_mask_by_class_string_equals_mask_key(key: str) -> None:
+    red = Redactor(KeysPolicy.MASK)
+    for raw in (key.encode(), key.encode("latin-1", "replace")):
+        want = mask_key(raw.decode("utf-8", "backslashreplace"))
+        if len(want) > limits.MAX_KEY_CHARS:
+            want = want[: limits.MAX_KEY_CHARS] + f"…<+{len(want) - limits.MAX_KEY_CHARS}>"
+        for _ in range(2):
+            assert red.key(raw) == want
+
+
+def test_mask_by_class_string_random_keys() -> None:
+    """Keys drawn from the characters the patterns care about: equal to mask_key."""
+    rnd = random.Random(3)
+    alphabet = "0123456789" * 4 + "abcXYZ" + "._%+- @:#" + "\xe9"
+    red = Redactor(KeysPolicy.MASK)
+    for _ in range(20000):
+        key = "".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, 30)))
+        raw = key.encode()
+        assert red.key(raw) == mask_key(raw.decode("utf-8", "backslashreplace")), key
+
+
+def test_hash_cache_bounded_and_equal() -> None:
+    red = Redactor(KeysPolicy.HASH, HMAC_KEY)
+    want = "hmac:" + hmac.new(HMAC_KEY, b"user:1", hashlib.sha256).hexdigest()[:32]
+    assert red.key(b"user:1") == red.key(b"user:1") == want
+    for i in range(redact._HASHED_MAX + 10):
+        red.key(b"k%d" % i)
+    assert len(red._hashed) <= redact._HASHED_MAX
+    assert red.key(b"user:1") == want
+    long_key = b"L" * (redact._HASHED_MAX_LEN + 1)
+    assert red.key(long_key) == "hmac:" + hmac.new(HMAC_KEY, long_key, hashlib.sha256).hexdigest()[:32]
+    assert long_key not in red._hashed
