@@ -317,8 +317,11 @@ def cmd_query(args: argparse.Namespace) -> int:
         sql = args.sql
     else:
         raise CliError("no SQL given", 'redis-audit query "SELECT * FROM audit LIMIT 10" or --preset NAME')
+    out = out_dir(args)
+    if not out.is_dir():
+        raise CliError(f"no audit trail at {out}", "audit first (`redis-audit run` / `replay`), or pass --out DIR")
     try:
-        cols, rows = run_sql(out_dir(args), sql, args.param if "$param" in sql else None)
+        cols, rows = run_sql(out, sql, args.param if "$param" in sql else None)
     except QueryError as e:
         raise CliError(str(e), "the table is named audit; columns are listed in docs/schema.md") from None
     if args.json:
