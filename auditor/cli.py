@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from auditor import __version__
@@ -155,9 +156,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(_dispatch(args) or 0)
     except CliError as e:
-        err.print(f"[bold red]error:[/] {e}")
+        err.print(f"[bold red]error:[/] {escape(str(e))}")
         if e.hint:
-            err.print(f"[dim]hint:[/] {e.hint}")
+            err.print(f"[dim]hint:[/] {escape(e.hint)}")
         return e.code
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]")
@@ -255,7 +256,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     summary |= {"packets": result.packets, "files_failed": len(result.failed)}
     _print_summary(summary, args.json, f"replayed {len(args.files)} file(s) into {sink.out}")
     for line in result.failed:
-        err.print(f"[bold red]error:[/] {line}")
+        err.print(f"[bold red]error:[/] {escape(line)}")
     if result.failed:
         raise CliError(
             f"{len(result.failed)} of {len(args.files)} file(s) could not be read as captures",

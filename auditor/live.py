@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from auditor import __version__
@@ -51,7 +52,7 @@ def _make_source(args: argparse.Namespace, err: Console) -> LiveSource:
         return EbpfSource(pids=set(args.pid) or None, ports=set(args.port) or None, capture_bytes=args.capture_bytes)
     if args.fallback == "none":
         raise CliError(f"eBPF is unusable here: {why}", "run `redis-audit doctor` for the fix, or use --fallback sniff")
-    err.print(f"[yellow]eBPF is unusable ({why}); auditing with packet capture (sniff) instead[/]")
+    err.print(f"[yellow]eBPF is unusable ({escape(why)}); auditing with packet capture (sniff) instead[/]")
     return _sniff_source(args, args.port or None)
 
 
