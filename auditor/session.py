@@ -223,6 +223,7 @@ class Session:
                 ex.reply_ts_ns = rep.ts_ns
                 ex.reply_bytes = rep.nbytes
                 ex.reply_type = _KIND[kind]
+                # _finish for an ordinary command, inlined: this is most replies.
                 st = self._st
                 ex.user, ex.db, ex.resp = st.user, st.db, st.resp
                 if kind is RespType.ERROR or kind is RespType.BLOB_ERROR:
@@ -354,8 +355,6 @@ class Session:
             self._apply(p, rep)
         elif p.cmd == b"EXEC" and status is Status.ERROR:
             self._resolve_tx(ex, None, rep)
-        elif p.cmd == b"DISCARD" and status is Status.ERROR:
-            pass
         self._out.append(ex)
 
     def _apply(self, p: _Pending, rep: Reply | None) -> None:
