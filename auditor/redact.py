@@ -41,7 +41,7 @@ from typing import Any, Literal
 
 from . import limits
 from .commands import IDENT_CHECKS, CommandInfo, Role, StaticRoles, arg_roles, key_positions, lookup, static_roles
-from .types import Event, Exchange, Request, Row, Source, Status
+from .types import ConnMeta, Event, Exchange, Request, Row, Source, Status
 
 
 class KeysPolicy(StrEnum):
@@ -60,7 +60,10 @@ _MAX_KEY_CHARS = limits.MAX_KEY_CHARS
 # Python-level __new__ (same object, half the cost)
 _new_row = tuple.__new__
 # enum member -> plain str (a dict lookup is cheaper than the .value descriptor)
-_PLAIN: dict[StrEnum, str] = {e: e.value for cls in (Event, Source, Status) for e in cls}
+_PLAIN: dict[StrEnum | str, str] = {e: e.value for cls in (Event, Source, Status) for e in cls}
+# An Exchange without connection metadata (not made by the pipeline): source "unknown", no addresses.
+_PLAIN["unknown"] = "unknown"
+_NO_META = ConnMeta("unknown")  # type: ignore[arg-type]
 
 # --- key masking ----------------------------------------------------------------
 
@@ -557,31 +560,7 @@ class Redactor:
         elif ex.error is not None:
             error = self._error(ex.error, None, None, None, True)
         if m is None:
-            return Row(
-                ex.ts_ns,
-                _PLAIN[ex.event],
-                "unknown",
-                ex.conn,
-                seq=ex.seq,
-                user=ex.user,
-                db=ex.db,
-                command=command,
-                subcommand=subcommand,
-                keys=keys,
-                args=args,
-                status=None if status is None else _PLAIN[status],
-                error=error,
-                latency_us=latency_us,
-                request_bytes=request_bytes,
-                reply_bytes=ex.reply_bytes,
-                reply_type=ex.reply_type,
-                resp=ex.resp,
-                tx=ex.tx,
-                acl_categories=acl,
-                detail=ex.detail,
-                lost_bytes=ex.lost_bytes,
-                lost_events=ex.lost_events,
-            )
+            m = _NO_META
         return _new_row(
             Row,
             (
