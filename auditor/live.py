@@ -107,6 +107,7 @@ def cmd_live(args: argparse.Namespace) -> int:
         last_view = 0.0
         while not stop["why"]:
             pipe.feed_many(source.poll(100))
+            pipe.flush()
             sink.maybe_flush()
             now = time.monotonic()
             if args.duration is not None and now - t0 >= args.duration:

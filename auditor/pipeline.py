@@ -10,9 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
+from auditor import fastlane
 from auditor.redact import Redactor
 from auditor.resp import ReplyDecoder, RequestDecoder
+from auditor.resp_request import parse_request
 from auditor.session import Session
 from auditor.stream import Stream
 from auditor.types import (
@@ -58,26 +61,58 @@ class Totals:
 
 
 class _Conn:
-    __slots__ = ("req_dec", "req_stream", "rep_dec", "rep_stream", "session")
+    __slots__ = ("fast", "lane", "rep_dec", "rep_stream", "req_dec", "req_stream", "session")
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, lane: object | None) -> None:
         self.session = session
         self.req_stream = Stream()
         self.rep_stream = Stream()
         self.req_dec = RequestDecoder()
         self.rep_dec = ReplyDecoder()
+        # the C fast lane (auditor/fastlane.py): with fast set, requests go to
+        # it; while it is busy (requests waiting for replies), replies do
+        self.lane: Any = lane
+        self.fast = False
 
 
 class Pipeline:
-    """Feed SourceEvents in capture order; rows go to ``write`` (the sink)."""
+    """Feed SourceEvents in capture order; rows go to ``write`` (the sink),
+    which must copy the list it is given (it is reused).
 
-    def __init__(self, redactor: Redactor, write: Callable[[list[Row]], None], source: Source) -> None:
+    ``fast``: use the C fast lane for connections in a plain state (default:
+    when it is built, see ``fastlane.available``); rows are equal either way."""
+
+    def __init__(
+        self, redactor: Redactor, write: Callable[[list[Row]], None], source: Source, fast: bool | None = None
+    ) -> None:
         self.redactor = redactor
         self.write = write
         self.source = source
-        self.totals = Totals()
+        self._totals = Totals()
         self.tally = False  # count rows per command and user (the live view)
         self._conns: dict[str, _Conn] = {}
+        if fast is None:
+            fast = fastlane.available()
+        self._lane_cfg: Any = fastlane.make_config(redactor) if fast else None
+        self._fast_out: list[Row] = []  # rows the lanes made, not yet written
+
+    @property
+    def totals(self) -> Totals:
+        cfg = self._lane_cfg
+        if cfg is not None and cfg.commands:
+            t = self._totals
+            t.commands += cfg.commands
+            t.errors += cfg.errors
+            cfg.commands = cfg.errors = 0
+        return self._totals
+
+    @property
+    def lane_stats(self) -> dict[str, int] | None:
+        """How much the fast lane did (None: not in use)."""
+        cfg = self._lane_cfg
+        if cfg is None:
+            return None
+        return {"fallbacks": cfg.fallbacks, "handovers": cfg.handovers, "surrenders": cfg.surrenders}
 
     # ------------------------------------------------------------------ input
     def feed_many(self, events: Iterable[SourceEvent]) -> None:
@@ -90,14 +125,41 @@ class Pipeline:
             if c is None:
                 c = self._open(ConnOpen(ev.conn, ev.ts_ns, ConnMeta(self.source), mid_stream=True))
             s = c.session
+            lane = c.lane
             if ev.direction is Direction.TO_SERVER:
-                dec = c.req_dec
-                for p in c.req_stream.push(ev):
-                    for f in dec.feed(p[1], p[0]) if type(p) is tuple else dec.gap(p.nbytes, p.ts_ns, p.reason):
-                        if type(f) is Request:
-                            s.request(f)
+                if c.fast:
+                    for p in c.req_stream.push(ev):
+                        if type(p) is tuple:
+                            rest = lane.requests(p[1], p[0])
+                            if rest is not None:
+                                self._requests(c, self._to_python(c) + rest)
                         else:
-                            self._route_request(s, f)
+                            self._requests(c, [*self._to_python(c), p])
+                else:
+                    dec = c.req_dec
+                    for p in c.req_stream.push(ev):
+                        for f in dec.feed(p[1], p[0]) if type(p) is tuple else dec.gap(p.nbytes, p.ts_ns, p.reason):
+                            if type(f) is Request:
+                                s.request(f)
+                            else:
+                                self._route_request(s, f)
+            elif lane is not None and (lane.busy or c.fast):
+                for p in c.rep_stream.push(ev):
+                    if not lane.busy:  # a reply no request in the lane waits for
+                        self._requests(c, self._to_python(c))
+                        self._replies(c, [p])
+                    elif type(p) is tuple:
+                        r = lane.replies(p[1], p[0])
+                        if r is None:
+                            continue
+                        if r is False:
+                            self._surrender(c)
+                        else:  # the lane's requests are all answered: the rest is Python's
+                            self._requests(c, self._to_python(c))
+                            self._replies(c, r)
+                    else:
+                        self._surrender(c)
+                        self._replies(c, [p])
             else:
                 rdec = c.rep_dec
                 for p in c.rep_stream.push(ev):
@@ -108,6 +170,10 @@ class Pipeline:
                             self._route_reply(s, g)
             if s._out:
                 self._rows(s.drain())
+            if len(self._fast_out) >= 256:
+                self._flush_fast()
+            if lane is not None and not c.fast and not s._pending:
+                self._maybe_enter(c)
         elif type(ev) is ConnOpen:
             old = self._conns.get(ev.conn)
             if old is not None:
@@ -122,23 +188,90 @@ class Pipeline:
         """End of input: flush every connection (pending requests -> no_reply)."""
         for conn in list(self._conns):
             self._close(conn, ConnClose(conn, ts_ns, reason))
+        self.flush()
+
+    def flush(self) -> None:
+        """Hand every finished row to ``write`` (the lanes' rows are batched)
+        and bring ``totals`` up to date."""
+        if self._fast_out:
+            self._flush_fast()
+        self.totals  # noqa: B018 (folds the lanes' counters in)
 
     def lifecycle(self, event: Event, ts_ns: int, detail: str) -> None:
         """auditor_start / auditor_stop rows (PCI DSS 10.2.6)."""
         ex = Exchange(event, "", ts_ns, ConnMeta(self.source), detail=detail)
         self._rows([ex])
 
+    # ------------------------------------------------------------- fast lane
+    def _maybe_enter(self, c: _Conn) -> None:
+        """Give the connection to its lane when nothing is in flight and no mode is on."""
+        s = c.session
+        lane = c.lane
+        if s.plain and not lane.busy and not lane.held and c.req_dec.idle and c.rep_dec.idle:
+            st = s._st
+            lane.enter(st.user, st.db, st.resp, s._seq)
+            c.fast = True
+
+    def _to_python(self, c: _Conn) -> list:
+        """Requests go to the Python stages from now on (replies follow once the
+        lane's requests are answered). Returns the request bytes the lane held."""
+        lane = c.lane
+        held = lane.release_requests()
+        if c.fast:
+            c.fast = False
+            s = c.session
+            s._seq = lane.seq
+            s.stats.commands += lane.take_commands()
+        req_n, rep_n = lane.take_consumed()
+        c.req_dec.advance(req_n)
+        c.rep_dec.advance(rep_n)
+        return held
+
+    def _surrender(self, c: _Conn) -> None:
+        """Everything the lane holds goes to the Python stages: its unanswered
+        requests (re-parsed from their frames) and the bytes it did not take."""
+        held = self._to_python(c)
+        reqs, rest = c.lane.surrender()
+        self._flush_fast()
+        if reqs:
+            adopted = []
+            for raw, ts, seq in reqs:
+                req = parse_request(raw)[1]
+                assert type(req) is Request  # the lane parsed this very frame
+                req.ts_ns = ts
+                adopted.append((req, seq))
+            c.session.adopt(adopted)
+        self._requests(c, held)
+        self._replies(c, rest)
+
+    def _flush_fast(self) -> None:
+        out = self._fast_out
+        t = self._totals
+        t.rows += len(out)
+        if self.tally:
+            bc, bu = t.by_command, t.by_user
+            for r in out:
+                if r.event == "command":
+                    bc[r.command or ""] = bc.get(r.command or "", 0) + 1
+                    bu[r.user or "?"] = bu.get(r.user or "?", 0) + 1
+        self.write(out)
+        out.clear()
+
     # --------------------------------------------------------------- plumbing
     def _open(self, ev: ConnOpen) -> _Conn:
-        c = _Conn(Session(ev.conn, ev.meta, mid_stream=ev.mid_stream))
+        s = Session(ev.conn, ev.meta, mid_stream=ev.mid_stream)
+        cfg = self._lane_cfg
+        c = _Conn(s, None if cfg is None else fastlane.new_lane(cfg, s, self._fast_out))
         self._conns[ev.conn] = c
-        t = self.totals
+        t = self._totals
         t.connections += 1
         t.mid_stream += ev.mid_stream
         ex = Exchange(Event.CONNECT, ev.conn, ev.ts_ns, ev.meta, detail="mid_stream" if ev.mid_stream else None)
         if not ev.mid_stream:
             ex.user, ex.db, ex.resp = "default", 0, 2
         self._rows([ex])
+        if c.lane is not None:
+            self._maybe_enter(c)
         return c
 
     def _requests(self, c: _Conn, pieces: list) -> None:
@@ -161,6 +294,8 @@ class Pipeline:
         c = self._conns.pop(conn, None)
         if c is None:
             return
+        if c.lane is not None:
+            self._surrender(c)
         self._requests(c, c.req_stream.flush(ev.ts_ns, ev.reason))
         for f in c.req_dec.finish(ev.ts_ns):
             self._route_request(c.session, f)
@@ -169,7 +304,7 @@ class Pipeline:
             self._route_reply(c.session, f)
         s = c.session
         s.close(ev.ts_ns, ev.reason)
-        t = self.totals
+        t = self._totals
         st = s.stats
         t.unmatched_replies += st.unmatched_replies
         t.pushes += st.pushes
@@ -197,9 +332,11 @@ class Pipeline:
     def _loss(self, ev: Loss) -> None:
         """Events/bytes the source could not deliver: a gap row, and the
         affected decoders resync (their byte stream has a hole of unknown size)."""
-        self.totals.lost_events += ev.count
+        self._totals.lost_events += ev.count
         c = self._conns.get(ev.conn) if ev.conn is not None else None
         if c is not None:
+            if c.lane is not None:
+                self._surrender(c)
             if ev.direction in (None, Direction.TO_SERVER):
                 for f in c.req_dec.gap(ev.nbytes if ev.direction is not None else None, ev.ts_ns):
                     self._route_request(c.session, f)
@@ -213,7 +350,9 @@ class Pipeline:
         self._rows([ex])
 
     def _rows(self, exchanges: list[Exchange]) -> None:
-        t = self.totals
+        if self._fast_out:  # (rows in the order they were made)
+            self._flush_fast()
+        t = self._totals
         row = self.redactor.row
         rows = []
         for ex in exchanges:

@@ -141,6 +141,15 @@ class ReplyDecoder:
         self._one_pos = -1
 
     @property
+    def idle(self) -> bool:
+        """At a frame boundary with nothing held (the fast lane may take the stream)."""
+        return not (self._stack or self._pend >= 0 or self._rem or self._stash or self._rs or self._tail or self._virt)
+
+    def advance(self, nbytes: int) -> None:
+        """``nbytes`` of the stream were read by the fast lane instead."""
+        self._pos += nbytes
+
+    @property
     def buffered(self) -> int:
         """Bytes held for unfinished frames (line, resync tail, kept prefixes)."""
         n = len(self._stash) + len(self._tail)

@@ -249,6 +249,15 @@ class RequestDecoder:
         """Bytes held for unfinished frames (header line, resync tail, kept prefix)."""
         return len(self._stash) + len(self._tail) + (len(self._keep) if self._keep is not None else 0)
 
+    @property
+    def idle(self) -> bool:
+        """At a frame boundary with nothing held (the fast lane may take the stream)."""
+        return not (self._left or self._rem or self._stash or self._rs or self._tail or self._virt)
+
+    def advance(self, nbytes: int) -> None:
+        """``nbytes`` of the stream were read by the fast lane instead."""
+        self._pos += nbytes
+
     # ------------------------------------------------------------------ input
     def feed(self, data: bytes, ts_ns: int) -> list[Request | ParseError]:
         out: list = []

@@ -202,6 +202,33 @@ class Session:
             self.stats.evicted += 1
             self._finish(old, Status.UNKNOWN, detail="evicted: too many pending requests")
 
+    @property
+    def plain(self) -> bool:
+        """Nothing pending and no mode that changes pairing: the fast lane may take the connection."""
+        return not (
+            self._pending
+            or self._held
+            or self._in_multi
+            or self._reply_off
+            or self._skip_next
+            or self._subs
+            or self._monitor
+            or self._proto_reply is not None
+            or self._out
+        )
+
+    def adopt(self, items: list[tuple[Request, int]]) -> None:
+        """Requests the fast lane took (with their seq, oldest first) and hands
+        back unanswered: they go ahead of everything queued here."""
+        new = []
+        for req, seq in items:
+            ex = Exchange(Event.COMMAND, self.conn, req.ts_ns, self.meta, seq, None, None, None, req)
+            new.append(_Pending(ex, req.args[0].upper(), 1))
+        self._pending.extendleft(reversed(new))
+        while len(self._pending) > limits.MAX_PENDING_REQUESTS:
+            self.stats.evicted += 1
+            self._finish(self._pending.popleft(), Status.UNKNOWN, detail="evicted: too many pending requests")
+
     # ----------------------------------------------------------------- replies
     def reply(self, rep: Reply) -> None:
         """A server reply or push, in stream order."""

@@ -1,0 +1,1120 @@
+/* auditor._lane: the per-connection fast lane (see auditor/fastlane.py).
+ *
+ * While a connection is in a plain state (no MULTI, no subscribe mode, no
+ * CLIENT REPLY OFF/SKIP, no MONITOR, decoders at a frame boundary), its bytes
+ * go here instead of through RequestDecoder -> Session -> Redactor. The lane
+ * parses complete multibulk requests and complete replies, pairs them in
+ * order and builds the audit Row directly, using plans computed once per
+ * command shape by the Python redactor (so both paths give equal rows).
+ *
+ * It only ever accepts input it is sure about, and is stricter than the
+ * Python decoders: anything else (inline commands, commands that change the
+ * session's state, odd headers, RESP3 pushes and attributes, a reply read
+ * before its request, very large frames) is handed back to the Python stages
+ * as the exact bytes not consumed, plus the raw frames of the requests still
+ * waiting for a reply. Error replies and shapes without a plan are rendered by
+ * a Python callback from the raw request frame.
+ *
+ * No payload byte is ever put into an exception or a repr.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <stdint.h>
+#include <string.h>
+
+#define NPLAN 34          /* plans by argument count 0..32; index 33: more arguments */
+#define BIG_ARGC 33
+#define MAX_DIGITS 10     /* header numbers the lane accepts (Python accepts up to 20) */
+#define MAX_DEPTH 32      /* reply nesting the lane follows (deeper: handed back) */
+#define ROW_FIELDS 32
+
+enum { POL_PLAIN = 0, POL_MASK = 1, POL_HASH = 2, POL_DROP = 3 };
+
+/* ------------------------------------------------------------------ config */
+
+typedef struct {
+    PyObject_HEAD
+    PyTypeObject *row_type;
+    PyObject *kind_str[256];   /* reply type byte -> reply_type text */
+    PyObject *redacted;        /* list: "<redacted:N>" for N < nred */
+    Py_ssize_t nred;
+    PyObject *key1;            /* callable(bytes) -> str: one key under the policy */
+    int policy;
+    PyObject *mask_noop;       /* dict: class string -> bool (shared with auditor.redact) */
+    unsigned char class_of[256];
+    Py_ssize_t mask_max_len;
+    Py_ssize_t max_key_chars;
+    Py_ssize_t arg_keep;
+    PyObject *plan_fn;         /* callable(args) -> (container, plan) */
+    PyObject *variant_fn;      /* callable(args) -> plan | None (a probed argument is a word) */
+    PyObject *render_fn;       /* callable(ctx, raw, ts, seq, error, reply_ts, reply_bytes, reply_type) -> Row */
+    PyObject *cache;           /* name as sent -> list of NPLAN plans | dict sub -> list */
+    PyObject *s_command, *s_ok, *s_error;
+    Py_ssize_t max_pending, max_frame, max_reply, max_names, reply_keep;
+    long long max_pending_bytes;
+    long long commands, errors, fallbacks, handovers, surrenders;
+} Config;
+
+static void Config_dealloc(Config *c) {
+    Py_XDECREF(c->row_type);
+    for (int i = 0; i < 256; i++) Py_XDECREF(c->kind_str[i]);
+    Py_XDECREF(c->redacted);
+    Py_XDECREF(c->key1);
+    Py_XDECREF(c->mask_noop);
+    Py_XDECREF(c->plan_fn);
+    Py_XDECREF(c->variant_fn);
+    Py_XDECREF(c->render_fn);
+    Py_XDECREF(c->cache);
+    Py_XDECREF(c->s_command);
+    Py_XDECREF(c->s_ok);
+    Py_XDECREF(c->s_error);
+    Py_TYPE(c)->tp_free((PyObject *)c);
+}
+
+static int Config_init(Config *c, PyObject *args, PyObject *kw) {
+    static char *names[] = {"row_type", "kinds", "redacted", "key1", "policy", "mask_noop", "class_of",
+                            "mask_max_len", "max_key_chars", "arg_keep", "plan_fn", "variant_fn",
+                            "render_fn", "max_pending", "max_frame", "max_reply", "max_names",
+                            "reply_keep", "max_pending_bytes", NULL};
+    PyObject *row_type, *kinds, *redacted, *key1, *mask_noop, *plan_fn, *variant_fn, *render_fn;
+    Py_buffer cls;
+    int policy;
+    Py_ssize_t mask_max_len, max_key_chars, arg_keep, max_pending, max_frame, max_reply, max_names, reply_keep;
+    long long max_pending_bytes;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!O!O!OiO!y*nnnOOOnnnnnL", names, &PyType_Type, &row_type,
+                                     &PyDict_Type, &kinds, &PyList_Type, &redacted, &key1, &policy,
+                                     &PyDict_Type, &mask_noop, &cls, &mask_max_len, &max_key_chars, &arg_keep,
+                                     &plan_fn, &variant_fn, &render_fn, &max_pending, &max_frame, &max_reply,
+                                     &max_names, &reply_keep, &max_pending_bytes))
+        return -1;
+    if (cls.len != 256) {
+        PyBuffer_Release(&cls);
+        PyErr_SetString(PyExc_ValueError, "class_of must be 256 bytes");
+        return -1;
+    }
+    memcpy(c->class_of, cls.buf, 256);
+    PyBuffer_Release(&cls);
+    if (!PyType_IsSubtype((PyTypeObject *)row_type, &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "row_type must be a tuple subclass");
+        return -1;
+    }
+    Py_INCREF(row_type);
+    Py_XSETREF(c->row_type, (PyTypeObject *)row_type);
+    PyObject *k, *v;
+    Py_ssize_t pos = 0;
+    while (PyDict_Next(kinds, &pos, &k, &v)) {
+        long b = PyLong_AsLong(k);
+        if (b < 0 || b > 255) {
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "kinds: keys are bytes values");
+            return -1;
+        }
+        Py_INCREF(v);
+        Py_XSETREF(c->kind_str[b], v);
+    }
+    Py_INCREF(redacted);
+    Py_XSETREF(c->redacted, redacted);
+    c->nred = PyList_GET_SIZE(redacted);
+    Py_INCREF(key1);
+    Py_XSETREF(c->key1, key1);
+    c->policy = policy;
+    Py_INCREF(mask_noop);
+    Py_XSETREF(c->mask_noop, mask_noop);
+    c->mask_max_len = mask_max_len;
+    c->max_key_chars = max_key_chars;
+    c->arg_keep = arg_keep;
+    Py_INCREF(plan_fn);
+    Py_XSETREF(c->plan_fn, plan_fn);
+    Py_INCREF(variant_fn);
+    Py_XSETREF(c->variant_fn, variant_fn);
+    Py_INCREF(render_fn);
+    Py_XSETREF(c->render_fn, render_fn);
+    Py_XSETREF(c->cache, PyDict_New());
+    Py_XSETREF(c->s_command, PyUnicode_InternFromString("command"));
+    Py_XSETREF(c->s_ok, PyUnicode_InternFromString("ok"));
+    Py_XSETREF(c->s_error, PyUnicode_InternFromString("error"));
+    if (!c->cache || !c->s_command || !c->s_ok || !c->s_error) return -1;
+    c->max_pending = max_pending;
+    c->max_frame = max_frame;
+    c->max_reply = max_reply;
+    c->max_names = max_names;
+    c->reply_keep = reply_keep;
+    c->max_pending_bytes = max_pending_bytes;
+    return 0;
+}
+
+static PyMemberDef Config_members[] = {
+    {"commands", T_LONGLONG, offsetof(Config, commands), 0, "commands rendered by the lane"},
+    {"errors", T_LONGLONG, offsetof(Config, errors), 0, "of which error replies"},
+    {"fallbacks", T_LONGLONG, offsetof(Config, fallbacks), 0, "rows rendered by the Python callback"},
+    {"handovers", T_LONGLONG, offsetof(Config, handovers), 0, "request streams handed to Python"},
+    {"surrenders", T_LONGLONG, offsetof(Config, surrenders), 0, "pending requests handed to Python"},
+    {NULL}};
+
+static PyTypeObject ConfigType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "auditor._lane.Config",
+    .tp_basicsize = sizeof(Config),
+    .tp_dealloc = (destructor)Config_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "What every lane of one pipeline shares: policy, plans, callbacks, counters.",
+    .tp_init = (initproc)Config_init,
+    .tp_new = PyType_GenericNew,
+    .tp_members = Config_members,
+};
+
+/* -------------------------------------------------------------------- lane */
+
+typedef struct {
+    int64_t ts, seq;
+    Py_ssize_t nbytes;
+    PyObject *raw;   /* the request frame (for the callback and for handing back) */
+    PyObject *plan;  /* NULL: rendered by the callback */
+    PyObject *keys, *args;
+} Pend;
+
+typedef struct {
+    char *buf;
+    Py_ssize_t len, cap;
+    int64_t ts;  /* of buf[0]: every byte held belongs to one frame that started there */
+} Hold;
+
+typedef struct {
+    PyObject_HEAD
+    Config *cfg;
+    PyObject *ctx;
+    PyObject *out;
+    PyObject *prefix;  /* tuple: source, conn_id and the 9 metadata columns */
+    PyObject *user, *db, *resp;
+    int64_t seq;
+    long long commands;
+    int accepting;
+    Hold q, p;
+    Pend *pq;
+    Py_ssize_t phead, pcount, pcap;
+    long long pending_bytes;
+    long long req_consumed, rep_consumed;
+    PyObject *rest; /* reply bytes not taken when replies() returned False */
+    Py_ssize_t *off, *lens, acap; /* argument offsets and lengths of the request being parsed */
+} Lane;
+
+static void pend_clear(Pend *e) {
+    Py_CLEAR(e->raw);
+    Py_CLEAR(e->plan);
+    Py_CLEAR(e->keys);
+    Py_CLEAR(e->args);
+}
+
+static void Lane_drop_pending(Lane *l) {
+    while (l->pcount) {
+        pend_clear(&l->pq[l->phead]);
+        l->phead = (l->phead + 1) % l->pcap;
+        l->pcount--;
+    }
+    l->phead = 0;
+    l->pending_bytes = 0;
+}
+
+static void Lane_dealloc(Lane *l) {
+    if (l->pq) Lane_drop_pending(l);
+    PyMem_Free(l->pq);
+    PyMem_Free(l->off);
+    PyMem_Free(l->lens);
+    PyMem_Free(l->q.buf);
+    PyMem_Free(l->p.buf);
+    Py_XDECREF(l->cfg);
+    Py_XDECREF(l->ctx);
+    Py_XDECREF(l->out);
+    Py_XDECREF(l->prefix);
+    Py_XDECREF(l->user);
+    Py_XDECREF(l->db);
+    Py_XDECREF(l->resp);
+    Py_XDECREF(l->rest);
+    Py_TYPE(l)->tp_free((PyObject *)l);
+}
+
+static int Lane_init(Lane *l, PyObject *args, PyObject *kw) {
+    static char *names[] = {"config", "ctx", "out", "prefix", NULL};
+    PyObject *cfg, *ctx, *out, *prefix;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!OO!O!", names, &ConfigType, &cfg, &ctx, &PyList_Type, &out,
+                                     &PyTuple_Type, &prefix))
+        return -1;
+    if (PyTuple_GET_SIZE(prefix) != 11) {
+        PyErr_SetString(PyExc_ValueError, "prefix: source, conn_id and 9 metadata columns");
+        return -1;
+    }
+    Py_INCREF(cfg);
+    Py_XSETREF(l->cfg, (Config *)cfg);
+    Py_INCREF(ctx);
+    Py_XSETREF(l->ctx, ctx);
+    Py_INCREF(out);
+    Py_XSETREF(l->out, out);
+    Py_INCREF(prefix);
+    Py_XSETREF(l->prefix, prefix);
+    Py_INCREF(Py_None);
+    Py_XSETREF(l->user, Py_None);
+    Py_INCREF(Py_None);
+    Py_XSETREF(l->db, Py_None);
+    Py_INCREF(Py_None);
+    Py_XSETREF(l->resp, Py_None);
+    l->accepting = 0;
+    return 0;
+}
+
+static int hold_set(Hold *h, const char *s, Py_ssize_t n, int64_t ts) {
+    if (n > h->cap) {
+        Py_ssize_t cap = h->cap ? h->cap : 4096;
+        while (cap < n) cap *= 2;
+        char *b = PyMem_Realloc(h->buf, cap);
+        if (!b) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        h->buf = b;
+        h->cap = cap;
+    }
+    memmove(h->buf, s, n);
+    h->len = n;
+    h->ts = ts;
+    return 0;
+}
+
+/* The bytes to parse: what is held plus data (copied behind it), or data alone. */
+static int hold_join(Hold *h, const char *data, Py_ssize_t n, const char **s, Py_ssize_t *len) {
+    if (!h->len) {
+        *s = data;
+        *len = n;
+        return 0;
+    }
+    Py_ssize_t need = h->len + n;
+    if (need > h->cap) {
+        Py_ssize_t cap = h->cap;
+        while (cap < need) cap *= 2;
+        char *b = PyMem_Realloc(h->buf, cap);
+        if (!b) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        h->buf = b;
+        h->cap = cap;
+    }
+    memcpy(h->buf + h->len, data, n);
+    *s = h->buf;
+    *len = need;
+    return 0;
+}
+
+/* Pieces (ts, bytes) for the Python decoders: s[from:end), where bytes before
+ * split were read at ts0 and the rest at ts1. */
+static PyObject *pieces(const char *s, Py_ssize_t from, Py_ssize_t split, Py_ssize_t end, int64_t ts0, int64_t ts1) {
+    PyObject *out = PyList_New(0);
+    if (!out) return NULL;
+    if (from < split && from < end) {
+        Py_ssize_t e = split < end ? split : end;
+        PyObject *t = Py_BuildValue("(Ly#)", (long long)ts0, s + from, e - from);
+        if (!t || PyList_Append(out, t) < 0) {
+            Py_XDECREF(t);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(t);
+        from = e;
+    }
+    if (from < end) {
+        PyObject *t = Py_BuildValue("(Ly#)", (long long)ts1, s + from, end - from);
+        if (!t || PyList_Append(out, t) < 0) {
+            Py_XDECREF(t);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(t);
+    }
+    return out;
+}
+
+/* A decimal number of 1..MAX_DIGITS digits without a leading zero (unless "0")
+ * ending at "\r\n"; returns the offset after "\n", 0 if more bytes are needed,
+ * -1 if the lane does not accept it. */
+static Py_ssize_t read_num(const char *s, Py_ssize_t i, Py_ssize_t end, long long *v, int allow_neg1) {
+    Py_ssize_t start = i;
+    if (allow_neg1 && i < end && s[i] == '-') {
+        if (i + 1 >= end) return 0;
+        if (s[i + 1] != '1') return -1;
+        if (i + 3 >= end) return 0;
+        if (s[i + 2] != '\r' || s[i + 3] != '\n') return -1;
+        *v = -1;
+        return i + 4;
+    }
+    long long n = 0;
+    while (i < end && s[i] >= '0' && s[i] <= '9') {
+        if (i - start >= MAX_DIGITS) return -1;
+        n = n * 10 + (s[i] - '0');
+        i++;
+    }
+    if (i >= end) return i - start > MAX_DIGITS ? -1 : 0;
+    if (i == start || s[i] != '\r') return -1;
+    if (s[start] == '0' && i - start > 1) return -1;
+    if (i + 1 >= end) return 0;
+    if (s[i + 1] != '\n') return -1;
+    *v = n;
+    return i + 2;
+}
+
+/* One multibulk request at s[0:end): 1 complete (*fend set, offsets in off/len),
+ * 0 needs more bytes, -1 not for the lane. */
+static int parse_request(const char *s, Py_ssize_t end, Py_ssize_t *fend, Py_ssize_t **off, Py_ssize_t **lens,
+                         Py_ssize_t *cap, Py_ssize_t *argc, Py_ssize_t max_frame) {
+    if (s[0] != '*') return -1;
+    long long n;
+    Py_ssize_t i = read_num(s, 1, end, &n, 0);
+    if (i <= 0) return (int)i;
+    if (n < 1 || n > 1024 * 1024) return -1;
+    if (n > *cap) {
+        Py_ssize_t c = *cap ? *cap : 64;
+        while (c < n) c *= 2;
+        Py_ssize_t *o = PyMem_Realloc(*off, c * sizeof(Py_ssize_t));
+        if (!o) return -2;
+        *off = o;
+        Py_ssize_t *ln = PyMem_Realloc(*lens, c * sizeof(Py_ssize_t));
+        if (!ln) return -2;
+        *lens = ln;
+        *cap = c;
+    }
+    for (long long k = 0; k < n; k++) {
+        if (i >= end) return 0;
+        if (s[i] != '$') return -1;
+        long long ln;
+        Py_ssize_t j = read_num(s, i + 1, end, &ln, 0);
+        if (j <= 0) return (int)j;
+        if (ln > max_frame) return -1;
+        if (j + ln + 2 > end) return j + ln + 2 > max_frame ? -1 : 0;
+        if (s[j + ln] != '\r' || s[j + ln + 1] != '\n') return -1;
+        (*off)[k] = j;
+        (*lens)[k] = (Py_ssize_t)ln;
+        i = j + ln + 2;
+    }
+    *fend = i;
+    *argc = (Py_ssize_t)n;
+    return 1;
+}
+
+/* One reply at s[0:end) of the types the lane follows: 1 complete (*fend), 0
+ * needs more, -1 not for the lane. */
+static int parse_reply(const char *s, Py_ssize_t end, Py_ssize_t *fend, Py_ssize_t max_line) {
+    long long left[MAX_DEPTH];
+    int depth = 0;
+    Py_ssize_t i = 0;
+    for (;;) {
+        if (i >= end) return 0;
+        char t = s[i];
+        long long v;
+        Py_ssize_t j;
+        switch (t) {
+        case '+':
+        case '-': {
+            Py_ssize_t k = i + 1;
+            while (k < end && s[k] != '\r' && s[k] != '\n') k++;
+            if (k - i > max_line) return -1;
+            if (k >= end) return 0;
+            if (s[k] != '\r') return -1;
+            if (k + 1 >= end) return 0;
+            if (s[k + 1] != '\n') return -1;
+            i = k + 2;
+            break;
+        }
+        case ':': {
+            Py_ssize_t k = i + 1;
+            if (k < end && s[k] == '-') k++;
+            Py_ssize_t d0 = k;
+            while (k < end && s[k] >= '0' && s[k] <= '9') k++;
+            if (k - d0 > 18) return -1;
+            if (k >= end) return 0;
+            if (k == d0 || s[k] != '\r') return -1;
+            if (s[d0] == '0' && (k - d0 > 1 || d0 > i + 1)) return -1;
+            if (k + 1 >= end) return 0;
+            if (s[k + 1] != '\n') return -1;
+            i = k + 2;
+            break;
+        }
+        case '_':
+            if (i + 2 >= end) return 0;
+            if (s[i + 1] != '\r' || s[i + 2] != '\n') return -1;
+            i += 3;
+            break;
+        case '$':
+            j = read_num(s, i + 1, end, &v, 1);
+            if (j <= 0) return (int)j;
+            if (v < 0) {
+                i = j;
+                break;
+            }
+            if (j + v + 2 > end) return 0;
+            if (s[j + v] != '\r' || s[j + v + 1] != '\n') return -1;
+            i = j + v + 2;
+            break;
+        case '*':
+        case '%':
+        case '~':
+            j = read_num(s, i + 1, end, &v, t == '*');
+            if (j <= 0) return (int)j;
+            i = j;
+            if (v > 0) {
+                if (depth >= MAX_DEPTH) return -1;
+                left[depth++] = t == '%' ? 2 * v : v;
+                continue;  /* its first element */
+            }
+            break;
+        default:
+            return -1;
+        }
+        /* one element done: close every aggregate it completes */
+        while (depth && --left[depth - 1] == 0) depth--;
+        if (!depth) {
+            *fend = i;
+            return 1;
+        }
+    }
+}
+
+/* ------------------------------------------------------------ rendering */
+
+static PyObject *render_key(Config *c, const char *s, Py_ssize_t n) {
+    if (c->policy == POL_PLAIN || c->policy == POL_MASK) {
+        int ascii = 1;
+        for (Py_ssize_t i = 0; i < n; i++)
+            if ((unsigned char)s[i] >= 128) {
+                ascii = 0;
+                break;
+            }
+        if (ascii && n <= c->max_key_chars) {
+            int plain = c->policy == POL_PLAIN;
+            if (!plain && n <= c->mask_max_len) {
+                char cls[256];
+                for (Py_ssize_t i = 0; i < n; i++) cls[i] = (char)c->class_of[(unsigned char)s[i]];
+                PyObject *key = PyBytes_FromStringAndSize(cls, n);
+                if (!key) return NULL;
+                PyObject *noop = PyDict_GetItemWithError(c->mask_noop, key);
+                Py_DECREF(key);
+                if (!noop && PyErr_Occurred()) return NULL;
+                plain = noop == Py_True;
+            }
+            if (plain) {
+                PyObject *u = PyUnicode_New(n, 127);
+                if (!u) return NULL;
+                memcpy(PyUnicode_1BYTE_DATA(u), s, n);
+                return u;
+            }
+        }
+    }
+    PyObject *raw = PyBytes_FromStringAndSize(s, n);
+    if (!raw) return NULL;
+    PyObject *r = PyObject_CallOneArg(c->key1, raw);
+    Py_DECREF(raw);
+    return r;
+}
+
+static PyObject *redacted(Config *c, Py_ssize_t n) {
+    if (n < c->nred) {
+        PyObject *r = PyList_GET_ITEM(c->redacted, n);
+        Py_INCREF(r);
+        return r;
+    }
+    return PyUnicode_FromFormat("<redacted:%zd>", n);
+}
+
+static PyObject *args_list(const char *s, Py_ssize_t *off, Py_ssize_t *lens, Py_ssize_t argc) {
+    PyObject *a = PyList_New(argc);
+    if (!a) return NULL;
+    for (Py_ssize_t k = 0; k < argc; k++) {
+        PyObject *b = PyBytes_FromStringAndSize(s + off[k], lens[k]);
+        if (!b) {
+            Py_DECREF(a);
+            return NULL;
+        }
+        PyList_SET_ITEM(a, k, b);
+    }
+    return a;
+}
+
+/* The plan for a request (new reference): a tuple, Py_None (render with the
+ * callback) or Py_False (not for the lane). */
+static PyObject *find_plan(Config *c, const char *s, Py_ssize_t *off, Py_ssize_t *lens, Py_ssize_t argc) {
+    PyObject *name = PyBytes_FromStringAndSize(s + off[0], lens[0]);
+    if (!name) return NULL;
+    Py_ssize_t idx = argc < BIG_ARGC ? argc : BIG_ARGC;
+    PyObject *entry = PyDict_GetItemWithError(c->cache, name);
+    PyObject *plans = NULL; /* borrowed */
+    if (entry) {
+        if (PyList_CheckExact(entry)) {
+            plans = entry;
+        } else { /* container: by subcommand as sent */
+            if (argc < 2) {
+                Py_DECREF(name);
+                Py_RETURN_NONE;
+            }
+            PyObject *sub = PyBytes_FromStringAndSize(s + off[1], lens[1]);
+            if (!sub) {
+                Py_DECREF(name);
+                return NULL;
+            }
+            plans = PyDict_GetItemWithError(entry, sub);
+            Py_DECREF(sub);
+            if (!plans && PyErr_Occurred()) {
+                Py_DECREF(name);
+                return NULL;
+            }
+        }
+        if (plans) {
+            PyObject *p = PyList_GET_ITEM(plans, idx);
+            if (p != Py_Ellipsis) {
+                Py_DECREF(name);
+                Py_INCREF(p);
+                return p;
+            }
+        }
+    } else if (PyErr_Occurred()) {
+        Py_DECREF(name);
+        return NULL;
+    }
+    /* not known yet: ask the redactor */
+    PyObject *a = args_list(s, off, lens, argc);
+    if (!a) {
+        Py_DECREF(name);
+        return NULL;
+    }
+    PyObject *res = PyObject_CallOneArg(c->plan_fn, a);
+    Py_DECREF(a);
+    if (!res) {
+        Py_DECREF(name);
+        return NULL;
+    }
+    if (!PyTuple_Check(res) || PyTuple_GET_SIZE(res) != 2) {
+        Py_DECREF(res);
+        Py_DECREF(name);
+        PyErr_SetString(PyExc_TypeError, "plan_fn must return (container, plan)");
+        return NULL;
+    }
+    int container = PyObject_IsTrue(PyTuple_GET_ITEM(res, 0));
+    PyObject *plan = PyTuple_GET_ITEM(res, 1);
+    Py_INCREF(plan);
+    Py_DECREF(res);
+    if (PyDict_GET_SIZE(c->cache) >= c->max_names) PyDict_Clear(c->cache);
+    if (!entry) {
+        entry = container ? PyDict_New() : PyList_New(0);
+        if (!entry) goto fail;
+        if (!container) {
+            for (int k = 0; k < NPLAN; k++) {
+                if (PyList_Append(entry, Py_Ellipsis) < 0) {
+                    Py_DECREF(entry);
+                    goto fail;
+                }
+            }
+        }
+        if (PyDict_SetItem(c->cache, name, entry) < 0) {
+            Py_DECREF(entry);
+            goto fail;
+        }
+        Py_DECREF(entry); /* the cache holds it */
+    }
+    if (PyList_CheckExact(entry)) {
+        plans = entry;
+    } else if (argc >= 2 && PyDict_GET_SIZE(entry) < c->max_names) {
+        PyObject *sub = PyBytes_FromStringAndSize(s + off[1], lens[1]);
+        if (!sub) goto fail;
+        plans = PyDict_GetItemWithError(entry, sub);
+        if (!plans) {
+            if (PyErr_Occurred()) {
+                Py_DECREF(sub);
+                goto fail;
+            }
+            PyObject *lst = PyList_New(0);
+            for (int k = 0; lst && k < NPLAN; k++) {
+                if (PyList_Append(lst, Py_Ellipsis) < 0) Py_CLEAR(lst);
+            }
+            if (!lst || PyDict_SetItem(entry, sub, lst) < 0) {
+                Py_XDECREF(lst);
+                Py_DECREF(sub);
+                goto fail;
+            }
+            Py_DECREF(lst);
+            plans = lst;
+        }
+        Py_DECREF(sub);
+    } else {
+        plans = NULL;
+    }
+    if (plans) {
+        Py_INCREF(plan);
+        PyList_SetItem(plans, idx, plan); /* steals */
+    }
+    Py_DECREF(name);
+    return plan;
+fail:
+    Py_DECREF(plan);
+    Py_DECREF(name);
+    return NULL;
+}
+
+/* keys and args of a request under a plan tuple:
+ * (command, subcommand, acl, keys, acts, probe, tokens, sizes).
+ * Returns 1 rendered, 0 render with the callback instead, -1 error. */
+static int render(Config *c, PyObject **plan_io, const char *s, Py_ssize_t *off, Py_ssize_t *lens, Py_ssize_t argc,
+                  PyObject **keys_out, PyObject **args_out) {
+    PyObject *plan = *plan_io;
+    PyObject *probe = PyTuple_GET_ITEM(plan, 5);
+    Py_ssize_t np = PyTuple_GET_SIZE(probe);
+    if (np) {
+        PyObject *tokens = PyTuple_GET_ITEM(plan, 6), *sizes = PyTuple_GET_ITEM(plan, 7);
+        for (Py_ssize_t k = 0; k < np; k++) {
+            Py_ssize_t i = PyLong_AsSsize_t(PyTuple_GET_ITEM(probe, k));
+            if (i < 0 || i >= argc) return 0;
+            PyObject *len = PyLong_FromSsize_t(lens[i]);
+            if (!len) return -1;
+            int in = PySet_Contains(sizes, len);
+            Py_DECREF(len);
+            if (in < 0) return -1;
+            if (!in) continue;
+            PyObject *up = PyBytes_FromStringAndSize(s + off[i], lens[i]);
+            if (!up) return -1;
+            char *u = PyBytes_AS_STRING(up);
+            for (Py_ssize_t j = 0; j < lens[i]; j++)
+                if (u[j] >= 'a' && u[j] <= 'z') u[j] -= 32;
+            in = PySet_Contains(tokens, up);
+            Py_DECREF(up);
+            if (in < 0) return -1;
+            if (in) { /* a word of the command: the plan of this word signature */
+                PyObject *a = args_list(s, off, lens, argc);
+                if (!a) return -1;
+                PyObject *v = PyObject_CallOneArg(c->variant_fn, a);
+                Py_DECREF(a);
+                if (!v) return -1;
+                if (!PyTuple_Check(v)) {
+                    Py_DECREF(v);
+                    return 0;
+                }
+                Py_SETREF(*plan_io, v);
+                plan = v;
+                break;
+            }
+        }
+    }
+    PyObject *kpos = PyTuple_GET_ITEM(plan, 3), *acts = PyTuple_GET_ITEM(plan, 4);
+    Py_ssize_t nk = PyTuple_GET_SIZE(kpos), na = PyTuple_GET_SIZE(acts);
+    for (Py_ssize_t k = 0; k < nk; k++) {
+        Py_ssize_t i = PyLong_AsSsize_t(PyTuple_GET_ITEM(kpos, k));
+        if (i < 0 || i >= argc || lens[i] > c->arg_keep) return 0; /* (a long key: the callback clips it) */
+    }
+    PyObject *keys = PyList_New(c->policy == POL_DROP ? 0 : nk);
+    if (!keys) return -1;
+    if (c->policy != POL_DROP) {
+        for (Py_ssize_t k = 0; k < nk; k++) {
+            Py_ssize_t i = PyLong_AsSsize_t(PyTuple_GET_ITEM(kpos, k));
+            PyObject *t = render_key(c, s + off[i], lens[i]);
+            if (!t) {
+                Py_DECREF(keys);
+                return -1;
+            }
+            PyList_SET_ITEM(keys, k, t);
+        }
+    }
+    PyObject *out = PyList_New(na);
+    if (!out) {
+        Py_DECREF(keys);
+        return -1;
+    }
+    for (Py_ssize_t k = 0; k < na; k++) {
+        PyObject *act = PyTuple_GET_ITEM(acts, k), *t;
+        if (PyLong_CheckExact(act)) {
+            Py_ssize_t i = PyLong_AsSsize_t(act);
+            if (i < 0 || i >= argc) {
+                Py_DECREF(keys);
+                Py_DECREF(out);
+                return 0;
+            }
+            t = redacted(c, lens[i]);
+            if (!t) {
+                Py_DECREF(keys);
+                Py_DECREF(out);
+                return -1;
+            }
+        } else {
+            Py_INCREF(act);
+            t = act;
+        }
+        PyList_SET_ITEM(out, k, t);
+    }
+    *keys_out = keys;
+    *args_out = out;
+    return 1;
+}
+
+/* ------------------------------------------------------------ methods */
+
+static PyObject *Lane_enter(Lane *l, PyObject *args) {
+    PyObject *user, *db, *resp;
+    long long seq;
+    if (!PyArg_ParseTuple(args, "OOOL", &user, &db, &resp, &seq)) return NULL;
+    if (l->pcount || l->q.len || l->p.len) {
+        PyErr_SetString(PyExc_RuntimeError, "lane entered while holding requests");
+        return NULL;
+    }
+    Py_INCREF(user);
+    Py_SETREF(l->user, user);
+    Py_INCREF(db);
+    Py_SETREF(l->db, db);
+    Py_INCREF(resp);
+    Py_SETREF(l->resp, resp);
+    l->seq = seq;
+    l->accepting = 1;
+    Py_RETURN_NONE;
+}
+
+static int pend_push(Lane *l, Pend *e) {
+    if (l->pcount == l->pcap) {
+        Py_ssize_t cap = l->pcap ? l->pcap * 2 : 16;
+        Pend *n = PyMem_Malloc(cap * sizeof(Pend));
+        if (!n) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        for (Py_ssize_t k = 0; k < l->pcount; k++) n[k] = l->pq[(l->phead + k) % l->pcap];
+        PyMem_Free(l->pq);
+        l->pq = n;
+        l->pcap = cap;
+        l->phead = 0;
+    }
+    l->pq[(l->phead + l->pcount) % l->pcap] = *e;
+    l->pcount++;
+    l->pending_bytes += e->nbytes;
+    return 0;
+}
+
+/* requests(data, ts) -> None (all taken) | [(ts, bytes), ...] (the rest, from
+ * the first frame the lane does not take: the caller feeds it to Python) */
+static PyObject *Lane_requests(Lane *l, PyObject *const *argv, Py_ssize_t argn) {
+    if (argn != 2 || !PyBytes_Check(argv[0])) {
+        PyErr_SetString(PyExc_TypeError, "requests(data: bytes, ts_ns: int)");
+        return NULL;
+    }
+    long long ts = PyLong_AsLongLong(argv[1]);
+    if (ts == -1 && PyErr_Occurred()) return NULL;
+    Config *c = l->cfg;
+    const char *data = PyBytes_AS_STRING(argv[0]);
+    Py_ssize_t n = PyBytes_GET_SIZE(argv[0]);
+    Py_ssize_t held = l->q.len;
+    int64_t ts0 = l->q.ts;
+    if (!l->accepting) return pieces(data, 0, 0, n, ts, ts);
+    const char *s;
+    Py_ssize_t end;
+    if (hold_join(&l->q, data, n, &s, &end) < 0) return NULL;
+    Py_ssize_t split = held; /* bytes before it were read at ts0 */
+    Py_ssize_t pos = 0;
+    Py_ssize_t argc = 0, fend = 0;
+    PyObject *result = NULL;
+    for (;;) {
+        if (pos >= end) {
+            l->q.len = 0;
+            result = Py_None;
+            Py_INCREF(result);
+            break;
+        }
+        int64_t fts = pos < split ? ts0 : ts;
+        int r = -1;
+        if (l->pcount < c->max_pending && l->pending_bytes < c->max_pending_bytes)
+            r = parse_request(s + pos, end - pos, &fend, &l->off, &l->lens, &l->acap, &argc, c->max_frame);
+        if (r == -2) {
+            PyErr_NoMemory();
+            break;
+        }
+        if (r == 0 && end - pos > c->max_frame) r = -1; /* a frame this large: Python streams it */
+        if (r == 0) {
+            if (hold_set(&l->q, s + pos, end - pos, fts) < 0) break;
+            result = Py_None;
+            Py_INCREF(result);
+            break;
+        }
+        PyObject *plan = NULL;
+        if (r == 1) {
+            plan = find_plan(c, s + pos, l->off, l->lens, argc);
+            if (!plan) break;
+            if (plan == Py_False) {
+                Py_CLEAR(plan);
+                r = -1;
+            }
+        }
+        if (r < 0) { /* from here on the Python decoder reads this stream */
+            result = pieces(s, pos, split, end, ts0, ts);
+            l->q.len = 0;
+            l->accepting = 0;
+            c->handovers++;
+            break;
+        }
+        Pend e = {fts, l->seq + 1, fend, NULL, NULL, NULL, NULL};
+        e.raw = PyBytes_FromStringAndSize(s + pos, fend);
+        if (!e.raw) {
+            Py_DECREF(plan);
+            break;
+        }
+        if (plan != Py_None) {
+            int ok = render(c, &plan, s + pos, l->off, l->lens, argc, &e.keys, &e.args);
+            if (ok < 0) {
+                Py_DECREF(plan);
+                pend_clear(&e);
+                break;
+            }
+            if (ok) {
+                e.plan = plan;
+                plan = NULL;
+            }
+        }
+        Py_XDECREF(plan);
+        if (pend_push(l, &e) < 0) {
+            pend_clear(&e);
+            break;
+        }
+        l->seq++;
+        l->commands++;
+        l->req_consumed += fend;
+        pos += fend;
+    }
+    return result;
+}
+
+/* the row of the head request and this reply (new reference) */
+static PyObject *make_row(Lane *l, Pend *e, char kind, int64_t rts, Py_ssize_t rbytes, const char *err,
+                          Py_ssize_t errlen) {
+    Config *c = l->cfg;
+    PyObject *rtype = c->kind_str[(unsigned char)kind];
+    if (!rtype) rtype = Py_None;
+    if (kind == '-' || !e->plan) {
+        PyObject *errb;
+        if (kind == '-') {
+            errb = PyBytes_FromStringAndSize(err, errlen);
+            if (!errb) return NULL;
+        } else {
+            errb = Py_None;
+            Py_INCREF(errb);
+        }
+        c->fallbacks++;
+        PyObject *r = PyObject_CallFunction(c->render_fn, "OOLLOLnO", l->ctx, e->raw, (long long)e->ts,
+                                            (long long)e->seq, errb, (long long)rts, rbytes, rtype);
+        Py_DECREF(errb);
+        return r;
+    }
+    PyTypeObject *rt = c->row_type;
+    PyObject *row = rt->tp_alloc(rt, ROW_FIELDS);
+    if (!row) return NULL;
+    PyObject *plan = e->plan;
+#define SET(i, v)                              \
+    do {                                       \
+        PyObject *_v = (v);                    \
+        if (!_v) goto fail;                    \
+        PyTuple_SET_ITEM(row, (i), _v);        \
+    } while (0)
+#define SETREF(i, v)                           \
+    do {                                       \
+        PyObject *_v = (v);                    \
+        Py_INCREF(_v);                         \
+        PyTuple_SET_ITEM(row, (i), _v);        \
+    } while (0)
+    SET(0, PyLong_FromLongLong(e->ts));
+    SETREF(1, c->s_command);
+    SETREF(2, PyTuple_GET_ITEM(l->prefix, 0));
+    SETREF(3, PyTuple_GET_ITEM(l->prefix, 1));
+    SET(4, PyLong_FromLongLong(e->seq));
+    for (int k = 2; k < 11; k++) SETREF(3 + k, PyTuple_GET_ITEM(l->prefix, k));
+    SETREF(14, l->user);
+    SETREF(15, l->db);
+    SETREF(16, PyTuple_GET_ITEM(plan, 0));
+    SETREF(17, PyTuple_GET_ITEM(plan, 1));
+    SETREF(18, e->keys);
+    SETREF(19, e->args);
+    SETREF(20, c->s_ok);
+    SETREF(21, Py_None);
+    SET(22, PyFloat_FromDouble((double)(rts - e->ts) / 1000.0));
+    SET(23, PyLong_FromSsize_t(e->nbytes));
+    SET(24, PyLong_FromSsize_t(rbytes));
+    SETREF(25, rtype);
+    SETREF(26, l->resp);
+    SETREF(27, Py_None);
+    SETREF(28, PyTuple_GET_ITEM(plan, 2));
+    SETREF(29, Py_None);
+    SETREF(30, Py_None);
+    SETREF(31, Py_None);
+#undef SET
+#undef SETREF
+    return row;
+fail:
+    Py_DECREF(row); /* (unset items are NULL: tuple dealloc skips them) */
+    return NULL;
+}
+
+/* replies(data, ts) -> None (all taken) | [(ts, bytes), ...] (bytes after the
+ * last pending request's reply: for Python) | False (the lane cannot go on:
+ * call surrender(), which returns these bytes too) */
+static PyObject *Lane_replies(Lane *l, PyObject *const *argv, Py_ssize_t argn) {
+    if (argn != 2 || !PyBytes_Check(argv[0])) {
+        PyErr_SetString(PyExc_TypeError, "replies(data: bytes, ts_ns: int)");
+        return NULL;
+    }
+    long long ts = PyLong_AsLongLong(argv[1]);
+    if (ts == -1 && PyErr_Occurred()) return NULL;
+    Config *c = l->cfg;
+    const char *data = PyBytes_AS_STRING(argv[0]);
+    Py_ssize_t n = PyBytes_GET_SIZE(argv[0]);
+    Py_ssize_t held = l->p.len;
+    int64_t ts0 = l->p.ts;
+    const char *s;
+    Py_ssize_t end;
+    if (hold_join(&l->p, data, n, &s, &end) < 0) return NULL;
+    Py_ssize_t split = held, pos = 0, fend = 0;
+    for (;;) {
+        if (pos >= end) {
+            l->p.len = 0;
+            Py_RETURN_NONE;
+        }
+        int64_t fts = pos < split ? ts0 : ts;
+        if (!l->pcount) {
+            PyObject *r = pieces(s, pos, split, end, ts0, ts);
+            l->p.len = 0;
+            return r;
+        }
+        int r = parse_reply(s + pos, end - pos, &fend, c->max_reply);
+        Pend *e = &l->pq[l->phead];
+        if (r == 0 && end - pos <= c->max_reply) {
+            if (hold_set(&l->p, s + pos, end - pos, fts) < 0) return NULL;
+            Py_RETURN_NONE;
+        }
+        if (r != 1 || fts < e->ts) {
+            /* keep the rest (one piece per read time) for surrender() */
+            PyObject *rest = pieces(s, pos, split, end, ts0, ts);
+            if (!rest) return NULL;
+            l->p.len = 0;
+            Py_XSETREF(l->rest, rest);
+            Py_RETURN_FALSE;
+        }
+        const char *rs = s + pos;
+        Py_ssize_t elen = 0;
+        if (rs[0] == '-') {
+            elen = fend - 3;
+            if (elen > c->reply_keep) elen = c->reply_keep;
+        }
+        PyObject *row = make_row(l, e, rs[0], fts, fend, rs + 1, elen);
+        if (!row) return NULL;
+        int ok = PyList_Append(l->out, row);
+        Py_DECREF(row);
+        if (ok < 0) return NULL;
+        c->commands++;
+        if (rs[0] == '-') c->errors++;
+        l->pending_bytes -= e->nbytes;
+        pend_clear(e);
+        l->phead = (l->phead + 1) % l->pcap;
+        l->pcount--;
+        l->rep_consumed += fend;
+        pos += fend;
+    }
+}
+
+/* release_requests() -> [(ts, bytes)]: the request bytes held (an unfinished
+ * frame); from now on the Python decoder reads this stream. */
+static PyObject *Lane_release_requests(Lane *l, PyObject *unused) {
+    PyObject *r = pieces(l->q.buf, 0, l->q.len, l->q.len, l->q.ts, l->q.ts);
+    if (!r) return NULL;
+    l->q.len = 0;
+    if (l->accepting) l->cfg->handovers++;
+    l->accepting = 0;
+    return r;
+}
+
+/* surrender() -> (requests: [(raw, ts, seq)], reply_pieces: [(ts, bytes)]):
+ * everything the lane holds, for the Python stages; the lane is then empty
+ * and takes nothing until enter(). Held request bytes: release_requests(). */
+static PyObject *Lane_surrender(Lane *l, PyObject *unused) {
+    PyObject *reqs = PyList_New(0);
+    if (!reqs) return NULL;
+    for (Py_ssize_t k = 0; k < l->pcount; k++) {
+        Pend *e = &l->pq[(l->phead + k) % l->pcap];
+        PyObject *t = Py_BuildValue("(OLL)", e->raw, (long long)e->ts, (long long)e->seq);
+        if (!t || PyList_Append(reqs, t) < 0) {
+            Py_XDECREF(t);
+            Py_DECREF(reqs);
+            return NULL;
+        }
+        Py_DECREF(t);
+    }
+    l->cfg->surrenders += l->pcount;
+    Lane_drop_pending(l);
+    PyObject *rest = l->rest;
+    l->rest = NULL;
+    if (!rest) {
+        rest = pieces(l->p.buf, 0, l->p.len, l->p.len, l->p.ts, l->p.ts);
+        if (!rest) {
+            Py_DECREF(reqs);
+            return NULL;
+        }
+    }
+    l->p.len = 0;
+    return Py_BuildValue("(NN)", reqs, rest);
+}
+
+static PyObject *Lane_take_consumed(Lane *l, PyObject *unused) {
+    PyObject *r = Py_BuildValue("(LL)", l->req_consumed, l->rep_consumed);
+    l->req_consumed = l->rep_consumed = 0;
+    return r;
+}
+
+static PyObject *Lane_take_commands(Lane *l, PyObject *unused) {
+    long long n = l->commands;
+    l->commands = 0;
+    return PyLong_FromLongLong(n);
+}
+
+static PyObject *Lane_get_pending(Lane *l, void *unused) { return PyLong_FromSsize_t(l->pcount); }
+static PyObject *Lane_get_busy(Lane *l, void *unused) { return PyBool_FromLong(l->pcount || l->p.len); }
+static PyObject *Lane_get_held(Lane *l, void *unused) { return PyLong_FromSsize_t(l->q.len + l->p.len); }
+
+static PyGetSetDef Lane_getset[] = {
+    {"pending", (getter)Lane_get_pending, NULL, "requests waiting for a reply", NULL},
+    {"busy", (getter)Lane_get_busy, NULL, "replies go to the lane first", NULL},
+    {"held", (getter)Lane_get_held, NULL, "bytes of unfinished frames held", NULL},
+    {NULL}};
+
+static PyMemberDef Lane_members[] = {
+    {"seq", T_LONGLONG, offsetof(Lane, seq), READONLY, "seq of the last request taken"},
+    {"accepting", T_INT, offsetof(Lane, accepting), READONLY, "requests go to the lane"},
+    {NULL}};
+
+static PyMethodDef Lane_methods[] = {
+    {"enter", (PyCFunction)Lane_enter, METH_VARARGS, "enter(user, db, resp, seq): take the connection"},
+    {"requests", (PyCFunction)(void (*)(void))Lane_requests, METH_FASTCALL, "requests(data, ts_ns)"},
+    {"replies", (PyCFunction)(void (*)(void))Lane_replies, METH_FASTCALL, "replies(data, ts_ns)"},
+    {"release_requests", (PyCFunction)Lane_release_requests, METH_NOARGS, "hand the request stream back"},
+    {"surrender", (PyCFunction)Lane_surrender, METH_NOARGS, "hand everything back"},
+    {"take_consumed", (PyCFunction)Lane_take_consumed, METH_NOARGS, "(request, reply) bytes taken since last"},
+    {"take_commands", (PyCFunction)Lane_take_commands, METH_NOARGS, "requests taken since last"},
+    {NULL}};
+
+static PyTypeObject LaneType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "auditor._lane.Lane",
+    .tp_basicsize = sizeof(Lane),
+    .tp_dealloc = (destructor)Lane_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "The fast lane of one connection.",
+    .tp_init = (initproc)Lane_init,
+    .tp_new = PyType_GenericNew,
+    .tp_methods = Lane_methods,
+    .tp_getset = Lane_getset,
+    .tp_members = Lane_members,
+};
+
+static struct PyModuleDef lanemodule = {PyModuleDef_HEAD_INIT, "auditor._lane", "Per-connection fast lane.", -1, NULL};
+
+PyMODINIT_FUNC PyInit__lane(void) {
+    if (PyType_Ready(&ConfigType) < 0 || PyType_Ready(&LaneType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&lanemodule);
+    if (!m) return NULL;
+    Py_INCREF(&ConfigType);
+    if (PyModule_AddObject(m, "Config", (PyObject *)&ConfigType) < 0) return NULL;
+    Py_INCREF(&LaneType);
+    if (PyModule_AddObject(m, "Lane", (PyObject *)&LaneType) < 0) return NULL;
+    return m;
+}
