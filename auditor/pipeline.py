@@ -128,13 +128,17 @@ class Pipeline:
             lane = c.lane
             if ev.direction is Direction.TO_SERVER:
                 if c.fast:
-                    for p in c.req_stream.push(ev):
-                        if type(p) is tuple:
-                            rest = lane.requests(p[1], p[0])
+                    st = c.req_stream
+                    data = ev.data
+                    if ev.pos == st.expected and not st._segs and ev.orig_len <= len(data):
+                        # in order, whole: Stream.push's own fast path, inlined (most chunks)
+                        st.expected += len(data)
+                        if data:
+                            rest = lane.requests(data, ev.ts_ns)
                             if rest is not None:
                                 self._requests(c, self._to_python(c) + rest)
-                        else:
-                            self._requests(c, [*self._to_python(c), p])
+                    else:
+                        self._fast_requests(c, ev)
                 else:
                     dec = c.req_dec
                     for p in c.req_stream.push(ev):
@@ -144,22 +148,19 @@ class Pipeline:
                             else:
                                 self._route_request(s, f)
             elif lane is not None and (lane.busy or c.fast):
-                for p in c.rep_stream.push(ev):
-                    if not lane.busy:  # a reply no request in the lane waits for
-                        self._requests(c, self._to_python(c))
-                        self._replies(c, [p])
-                    elif type(p) is tuple:
-                        r = lane.replies(p[1], p[0])
-                        if r is None:
-                            continue
+                st = c.rep_stream
+                data = ev.data
+                if lane.busy and ev.pos == st.expected and not st._segs and ev.orig_len <= len(data):
+                    st.expected += len(data)  # (as above)
+                    r = lane.replies(data, ev.ts_ns) if data else None
+                    if r is not None:
                         if r is False:
                             self._surrender(c)
                         else:  # the lane's requests are all answered: the rest is Python's
                             self._requests(c, self._to_python(c))
                             self._replies(c, r)
-                    else:
-                        self._surrender(c)
-                        self._replies(c, [p])
+                else:
+                    self._fast_replies(c, ev)
             else:
                 rdec = c.rep_dec
                 for p in c.rep_stream.push(ev):
@@ -211,6 +212,39 @@ class Pipeline:
             st = s._st
             lane.enter(st.user, st.db, st.resp, s._seq)
             c.fast = True
+
+    def _fast_requests(self, c: _Conn, ev: Chunk) -> None:
+        """Request bytes of a connection in its lane, through the stream (reordering, gaps)."""
+        lane = c.lane
+        for p in c.req_stream.push(ev):
+            if not c.fast:
+                self._requests(c, [p])
+            elif type(p) is tuple:
+                rest = lane.requests(p[1], p[0])
+                if rest is not None:
+                    self._requests(c, self._to_python(c) + rest)
+            else:
+                self._requests(c, [*self._to_python(c), p])
+
+    def _fast_replies(self, c: _Conn, ev: Chunk) -> None:
+        """Reply bytes while the lane has requests or the connection (through the stream)."""
+        lane = c.lane
+        for p in c.rep_stream.push(ev):
+            if not lane.busy:  # a reply no request in the lane waits for
+                self._requests(c, self._to_python(c))
+                self._replies(c, [p])
+            elif type(p) is tuple:
+                r = lane.replies(p[1], p[0])
+                if r is None:
+                    continue
+                if r is False:
+                    self._surrender(c)
+                else:  # the lane's requests are all answered: the rest is Python's
+                    self._requests(c, self._to_python(c))
+                    self._replies(c, r)
+            else:
+                self._surrender(c)
+                self._replies(c, [p])
 
     def _to_python(self, c: _Conn) -> list:
         """Requests go to the Python stages from now on (replies follow once the

@@ -261,10 +261,16 @@ class EbpfSource:
             from bcc import BPF
         except ImportError as e:
             raise EbpfError(f"bcc is not importable ({e}); run `redis-audit doctor`") from e
-        try:
-            self._bpf = BPF(src_file=str(BPF_SOURCE).encode(), cflags=self._cflags())
-        except Exception as e:  # bcc raises bare Exception
-            raise EbpfError(f"cannot load {BPF_SOURCE.name}: {e}; run `redis-audit doctor`") from e
+        for attempt in range(3):
+            try:
+                self._bpf = BPF(src_file=str(BPF_SOURCE).encode(), cflags=self._cflags())
+                break
+            except Exception as e:  # bcc raises bare Exception
+                # The verifier gives up with EAGAIN when a signal arrives while it works
+                # (a debugger or profiler attached, SIGCHLD): try again.
+                if "Resource temporarily unavailable" in str(e) and attempt < 2:
+                    continue
+                raise EbpfError(f"cannot load {BPF_SOURCE.name}: {e}; run `redis-audit doctor`") from e
         b = self._bpf
         base = time.time_ns()
         b[b"next_cid"][ct.c_int(0)] = ct.c_uint64(base)
