@@ -122,6 +122,14 @@ def _fast_chunk_works() -> bool:
 
 _FAST_CHUNK = _fast_chunk_works()
 
+try:  # the same loop in C for data records (auditor/_native/ringdrain.c)
+    from auditor._ringdrain import drain as _cdrain
+except ImportError:  # pragma: no cover - a build without a C compiler
+    _cdrain = None
+if os.environ.get("REDIS_AUDIT_PURE", "") not in ("", "0"):
+    _cdrain = None
+_DESCRS = tuple(Chunk.__dict__[f] for f in ("conn", "direction", "pos", "ts_ns", "data", "orig_len"))
+
 
 @dataclass
 class EbpfStats:
@@ -423,8 +431,15 @@ class EbpfSource:
         # walk them again every 700 allocations (they hold no cycles).
         gc_was_enabled = gc.isenabled()
         gc.disable()
+        cdrain = _cdrain
         try:
             while cons < end:
+                if cdrain is not None:
+                    # data records of named connections in C; it stops at a record for the code below
+                    cons, k, why = cdrain(data, base, mask, cons, end, names, dirs, clock, _DESCRS, chunk_t, out)
+                    n += k
+                    if why != 2:
+                        break
                 off = base + (cons & mask)
                 rlen, _, typ, d, ln, cid, ts, pos, orig, lost, lost_bytes = unpack(data, off)
                 if rlen >= DISCARD_BIT:  # busy or discarded: rare
