@@ -10,6 +10,7 @@ _FLAGS = ["-O2", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-
 
 setup(
     ext_modules=[
+        Extension("auditor._colenc", ["auditor/_native/colenc.c"], extra_compile_args=_FLAGS),
         Extension("auditor._lane", ["auditor/_native/lane.c"], extra_compile_args=_FLAGS),
         Extension("auditor._ringdrain", ["auditor/_native/ringdrain.c"], extra_compile_args=_FLAGS),
     ]
