@@ -12,6 +12,7 @@ setup(
     ext_modules=[
         Extension("auditor._colenc", ["auditor/_native/colenc.c"], extra_compile_args=_FLAGS),
         Extension("auditor._lane", ["auditor/_native/lane.c"], extra_compile_args=_FLAGS),
+        Extension("auditor._pcapwalk", ["auditor/_native/pcapwalk.c"], extra_compile_args=_FLAGS),
         Extension("auditor._ringdrain", ["auditor/_native/ringdrain.c"], extra_compile_args=_FLAGS),
     ]
 )

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from auditor import limits
-from auditor.sources.tcp import TcpTracker
+from auditor.sources.tcp import TcpTracker, pcap_walker
 from auditor.types import Loss, Source, SourceEvent
 
 
@@ -207,7 +207,7 @@ def _batches(
         decode = make_decoder(tracker, st)
         try:
             if kind == "pcap":
-                yield from _read_pcap(inp, st, decode)
+                yield from _read_pcap(inp, st, decode, pcap_walker(tracker))
             else:
                 yield from _read_pcapng(inp, st, decode)
             ts = st.last_ts_ns or 0
@@ -264,10 +264,16 @@ class _Input:
         return b"".join(chunks) if len(chunks) > 1 else rest
 
 
-def _read_pcap(inp: _Input, st: PcapStats, decode: _Decoder) -> Iterator[list[SourceEvent]]:
+def _read_pcap(
+    inp: _Input, st: PcapStats, decode: _Decoder, walk: Callable[..., tuple] | None = None
+) -> Iterator[list[SourceEvent]]:
     buf = inp.refill(b"", 0, 24)
     order, frac_ns, hl = _PCAP_MAGIC[buf[:4]]
     link = struct.unpack_from(order + "I", buf, 20)[0] & 0xFFFF  # upper bits: FCS length flags
+    if hl != 16:
+        walk = None
+    big = order == ">"
+    l3off = _IP_LINKS.get(link, -1)
     rec = struct.Struct(order + "IIII").unpack_from
     max_rec = limits.MAX_CAPTURE_RECORD
     off = 24
@@ -278,6 +284,14 @@ def _read_pcap(inp: _Input, st: PcapStats, decode: _Decoder) -> Iterator[list[So
     out: list[SourceEvent] = []
     try:
         while True:
+            if walk is not None:
+                # the common records in C (pcapwalk.c); it stops at the first one for the code below
+                off, k, _, t0, t1, _ = walk(buf, off, big, frac_ns, link, l3off, max_rec, out)
+                if k:
+                    n += k
+                    ts = t1
+                    if first is None:
+                        first = t0
             if blen - off < hl:
                 if out:
                     yield out

@@ -28,8 +28,10 @@ the ``Chunk``): pcap replay's throughput depends on it.
 from __future__ import annotations
 
 import hashlib
+import os
 import socket
 from collections import OrderedDict
+from collections.abc import Callable
 
 from auditor import limits
 from auditor.types import Chunk, ConnClose, ConnMeta, ConnOpen, Direction, Source, SourceEvent
@@ -389,3 +391,33 @@ class TcpTracker:
         if len(closed) > limits.TCP_CLOSED_REMEMBERED:
             closed.popitem(last=False)
         out.append(ConnClose(conn.id, ts_ns, reason))
+
+
+# -- the pcap reader's loop in C (auditor/_native/pcapwalk.c) ---------------------------------------------------
+try:
+    from auditor._pcapwalk import walk as _cwalk
+except ImportError:  # pragma: no cover - a build without a C compiler
+    _cwalk = None
+
+_FLOW_FIELDS = ("conn", "direction", "ref_seq", "ref_pos")
+_CONN_FIELDS = ("id", "last_ts")
+
+
+def pcap_walker(tracker: TcpTracker) -> Callable[..., tuple] | None:
+    """``walk(buf, off, big_endian, frac_ns, link, l3off, max_rec, out)``: classic pcap records from ``off``
+    through this tracker's fast path, in C, until one needs the Python path (see pcapwalk.c); None without the
+    compiled module (or with REDIS_AUDIT_PURE set)."""
+    if _cwalk is None or not _FAST_CHUNK or os.environ.get("REDIS_AUDIT_PURE", "") not in ("", "0"):
+        return None
+    k, n = getattr(tracker, "_shard", (0, 1))
+    flows, ports = tracker._flows, tracker.server_ports
+    cd = tuple(Chunk.__dict__[f] for f in _CHUNK_FIELDS)
+    fd = tuple(_Flow.__dict__[f] for f in _FLOW_FIELDS)
+    nd = tuple(_Conn.__dict__[f] for f in _CONN_FIELDS)
+
+    def walk(buf: bytes, off: int, big: bool, frac_ns: int, link: int, l3off: int, max_rec: int, out: list) -> tuple:
+        r = _cwalk(buf, off, big, frac_ns, link, l3off, max_rec, flows, k, n, ports, cd, fd, nd, Chunk, out)
+        tracker.packets += r[2]
+        return r
+
+    return walk
