@@ -136,7 +136,7 @@ class Pipeline:
                         if data:
                             rest = lane.requests(data, ev.ts_ns)
                             if rest is not None:
-                                self._requests(c, self._to_python(c) + rest)
+                                self._surrender(c, rest)
                     else:
                         self._fast_requests(c, ev)
                 else:
@@ -222,9 +222,9 @@ class Pipeline:
             elif type(p) is tuple:
                 rest = lane.requests(p[1], p[0])
                 if rest is not None:
-                    self._requests(c, self._to_python(c) + rest)
+                    self._surrender(c, rest)
             else:
-                self._requests(c, [*self._to_python(c), p])
+                self._surrender(c, [p])
 
     def _fast_replies(self, c: _Conn, ev: Chunk) -> None:
         """Reply bytes while the lane has requests or the connection (through the stream)."""
@@ -261,10 +261,13 @@ class Pipeline:
         c.rep_dec.advance(rep_n)
         return held
 
-    def _surrender(self, c: _Conn) -> None:
+    def _surrender(self, c: _Conn, rest: list | tuple = ()) -> None:
         """Everything the lane holds goes to the Python stages: its unanswered
-        requests (re-parsed from their frames) and the bytes it did not take."""
+        requests (re-parsed from their frames) and the bytes it did not take,
+        then ``rest`` (request pieces the lane gave back). The session then
+        holds every request in flight, exactly as without the lane."""
         held = self._to_python(c)
+        held += rest
         reqs, rest = c.lane.surrender()
         self._flush_fast()
         if reqs:
