@@ -148,6 +148,7 @@ def make_config(redactor: Redactor) -> Any:
         max_names=4096,
         reply_keep=limits.MAX_REPLY_KEEP,
         max_pending_bytes=MAX_PENDING_BYTES,
+        max_line=limits.MAX_LINE_LEN,
     )
 
 

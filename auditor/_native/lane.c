@@ -51,7 +51,7 @@ typedef struct {
     PyObject *render_fn;       /* callable(ctx, raw, ts, seq, error, reply_ts, reply_bytes, reply_type) -> Row */
     PyObject *cache;           /* name as sent -> list of NPLAN plans | dict sub -> list */
     PyObject *s_command, *s_ok, *s_error;
-    Py_ssize_t max_pending, max_frame, max_reply, max_names, reply_keep;
+    Py_ssize_t max_pending, max_frame, max_reply, max_names, reply_keep, max_line;
     long long max_pending_bytes;
     long long commands, errors, fallbacks, handovers, surrenders;
 } Config;
@@ -76,17 +76,17 @@ static int Config_init(Config *c, PyObject *args, PyObject *kw) {
     static char *names[] = {"row_type", "kinds", "redacted", "key1", "policy", "mask_noop", "class_of",
                             "mask_max_len", "max_key_chars", "arg_keep", "plan_fn", "variant_fn",
                             "render_fn", "max_pending", "max_frame", "max_reply", "max_names",
-                            "reply_keep", "max_pending_bytes", NULL};
+                            "reply_keep", "max_pending_bytes", "max_line", NULL};
     PyObject *row_type, *kinds, *redacted, *key1, *mask_noop, *plan_fn, *variant_fn, *render_fn;
     Py_buffer cls;
     int policy;
-    Py_ssize_t mask_max_len, max_key_chars, arg_keep, max_pending, max_frame, max_reply, max_names, reply_keep;
+    Py_ssize_t mask_max_len, max_key_chars, arg_keep, max_pending, max_frame, max_reply, max_names, reply_keep, max_line;
     long long max_pending_bytes;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!O!O!OiO!y*nnnOOOnnnnnL", names, &PyType_Type, &row_type,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!O!O!OiO!y*nnnOOOnnnnnLn", names, &PyType_Type, &row_type,
                                      &PyDict_Type, &kinds, &PyList_Type, &redacted, &key1, &policy,
                                      &PyDict_Type, &mask_noop, &cls, &mask_max_len, &max_key_chars, &arg_keep,
                                      &plan_fn, &variant_fn, &render_fn, &max_pending, &max_frame, &max_reply,
-                                     &max_names, &reply_keep, &max_pending_bytes))
+                                     &max_names, &reply_keep, &max_pending_bytes, &max_line))
         return -1;
     if (cls.len != 256) {
         PyBuffer_Release(&cls);
@@ -140,6 +140,7 @@ static int Config_init(Config *c, PyObject *args, PyObject *kw) {
     c->max_names = max_names;
     c->reply_keep = reply_keep;
     c->max_pending_bytes = max_pending_bytes;
+    c->max_line = max_line;
     return 0;
 }
 
@@ -173,9 +174,18 @@ typedef struct {
 } Pend;
 
 typedef struct {
+    Py_ssize_t off;
+    int64_t ts;
+} Seg;
+
+/* Bytes held (an unfinished frame), with the time each read of them was made:
+ * bytes from seg[k].off on were read at seg[k].ts. While parsing, the
+ * segments describe the joined buffer (held bytes + the new read). */
+typedef struct {
     char *buf;
     Py_ssize_t len, cap;
-    int64_t ts;  /* of buf[0]: every byte held belongs to one frame that started there */
+    Seg *seg;
+    Py_ssize_t nseg, segcap;
 } Hold;
 
 typedef struct {
@@ -220,6 +230,8 @@ static void Lane_dealloc(Lane *l) {
     PyMem_Free(l->off);
     PyMem_Free(l->lens);
     PyMem_Free(l->q.buf);
+    PyMem_Free(l->q.seg);
+    PyMem_Free(l->p.seg);
     PyMem_Free(l->p.buf);
     Py_XDECREF(l->cfg);
     Py_XDECREF(l->ctx);
@@ -260,27 +272,28 @@ static int Lane_init(Lane *l, PyObject *args, PyObject *kw) {
     return 0;
 }
 
-static int hold_set(Hold *h, const char *s, Py_ssize_t n, int64_t ts) {
-    if (n > h->cap) {
-        Py_ssize_t cap = h->cap ? h->cap : 4096;
-        while (cap < n) cap *= 2;
-        char *b = PyMem_Realloc(h->buf, cap);
-        if (!b) {
+static int seg_push(Hold *h, Py_ssize_t off, int64_t ts) {
+    if (h->nseg == h->segcap) {
+        Py_ssize_t cap = h->segcap ? h->segcap * 2 : 8;
+        Seg *n = PyMem_Realloc(h->seg, cap * sizeof(Seg));
+        if (!n) {
             PyErr_NoMemory();
             return -1;
         }
-        h->buf = b;
-        h->cap = cap;
+        h->seg = n;
+        h->segcap = cap;
     }
-    memmove(h->buf, s, n);
-    h->len = n;
-    h->ts = ts;
+    h->seg[h->nseg].off = off;
+    h->seg[h->nseg].ts = ts;
+    h->nseg++;
     return 0;
 }
 
 /* The bytes to parse: what is held plus data (copied behind it), or data alone. */
-static int hold_join(Hold *h, const char *data, Py_ssize_t n, const char **s, Py_ssize_t *len) {
+static int hold_join(Hold *h, const char *data, Py_ssize_t n, int64_t ts, const char **s, Py_ssize_t *len) {
     if (!h->len) {
+        h->nseg = 0;
+        if (seg_push(h, 0, ts) < 0) return -1;
         *s = data;
         *len = n;
         return 0;
@@ -297,30 +310,78 @@ static int hold_join(Hold *h, const char *data, Py_ssize_t n, const char **s, Py
         h->buf = b;
         h->cap = cap;
     }
+    if (n && seg_push(h, h->len, ts) < 0) return -1;
     memcpy(h->buf + h->len, data, n);
     *s = h->buf;
     *len = need;
     return 0;
 }
 
-/* Pieces (ts, bytes) for the Python decoders: s[from:end), where bytes before
- * split were read at ts0 and the rest at ts1. */
-static PyObject *pieces(const char *s, Py_ssize_t from, Py_ssize_t split, Py_ssize_t end, int64_t ts0, int64_t ts1) {
+/* When the byte at pos of the joined buffer was read. */
+static int64_t ts_at(Hold *h, Py_ssize_t pos) {
+    for (Py_ssize_t k = h->nseg - 1; k > 0; k--)
+        if (h->seg[k].off <= pos) return h->seg[k].ts;
+    return h->seg[0].ts;
+}
+
+/* Hold s[pos:end) of the joined buffer (an unfinished frame), with its read times. */
+static int hold_keep(Hold *h, const char *s, Py_ssize_t pos, Py_ssize_t end) {
+    Py_ssize_t n = end - pos, k0 = 0, m = 0;
+    for (Py_ssize_t k = h->nseg - 1; k > 0; k--)
+        if (h->seg[k].off <= pos) {
+            k0 = k;
+            break;
+        }
+    for (Py_ssize_t k = k0; k < h->nseg; k++) {
+        if (k > k0 && h->seg[k].off >= end) break;
+        h->seg[m].off = k == k0 ? 0 : h->seg[k].off - pos;
+        h->seg[m].ts = h->seg[k].ts;
+        m++;
+    }
+    h->nseg = m;
+    if (n > h->cap) {
+        Py_ssize_t cap = h->cap ? h->cap : 4096;
+        while (cap < n) cap *= 2;
+        if (s == h->buf) {
+            char *b = PyMem_Realloc(h->buf, cap);
+            if (!b) {
+                PyErr_NoMemory();
+                return -1;
+            }
+            h->buf = b;
+            s = b;
+        } else {
+            char *b = PyMem_Malloc(cap);
+            if (!b) {
+                PyErr_NoMemory();
+                return -1;
+            }
+            PyMem_Free(h->buf);
+            h->buf = b;
+        }
+        h->cap = cap;
+    }
+    memmove(h->buf, s + pos, n);
+    h->len = n;
+    return 0;
+}
+
+static void hold_clear(Hold *h) {
+    h->len = 0;
+    h->nseg = 0;
+}
+
+/* Pieces (ts, bytes) for the Python decoders: s[from:end) of the joined
+ * buffer, one per read, each with its read time. */
+static PyObject *hold_pieces(Hold *h, const char *s, Py_ssize_t from, Py_ssize_t end) {
     PyObject *out = PyList_New(0);
     if (!out) return NULL;
-    if (from < split && from < end) {
-        Py_ssize_t e = split < end ? split : end;
-        PyObject *t = Py_BuildValue("(Ly#)", (long long)ts0, s + from, e - from);
-        if (!t || PyList_Append(out, t) < 0) {
-            Py_XDECREF(t);
-            Py_DECREF(out);
-            return NULL;
-        }
-        Py_DECREF(t);
-        from = e;
-    }
-    if (from < end) {
-        PyObject *t = Py_BuildValue("(Ly#)", (long long)ts1, s + from, end - from);
+    for (Py_ssize_t k = 0; k < h->nseg; k++) {
+        Py_ssize_t a = h->seg[k].off, b = k + 1 < h->nseg ? h->seg[k + 1].off : end;
+        if (a < from) a = from;
+        if (b > end) b = end;
+        if (a >= b) continue;
+        PyObject *t = Py_BuildValue("(Ly#)", (long long)h->seg[k].ts, s + a, b - a);
         if (!t || PyList_Append(out, t) < 0) {
             Py_XDECREF(t);
             Py_DECREF(out);
@@ -413,7 +474,7 @@ static int parse_reply(const char *s, Py_ssize_t end, Py_ssize_t *fend, Py_ssize
         case '-': {
             Py_ssize_t k = i + 1;
             while (k < end && s[k] != '\r' && s[k] != '\n') k++;
-            if (k - i > max_line) return -1;
+            if (k - i - 1 > max_line) return -1; /* (Python: "line too long") */
             if (k >= end) return 0;
             if (s[k] != '\r') return -1;
             if (k + 1 >= end) return 0;
@@ -597,8 +658,9 @@ static PyObject *find_plan(Config *c, const char *s, Py_ssize_t *off, Py_ssize_t
     PyObject *plan = PyTuple_GET_ITEM(res, 1);
     Py_INCREF(plan);
     Py_DECREF(res);
-    if (PyDict_GET_SIZE(c->cache) >= c->max_names) PyDict_Clear(c->cache);
     if (!entry) {
+        /* (cleared only here: entry, when found above, is a borrowed reference into the cache) */
+        if (PyDict_GET_SIZE(c->cache) >= c->max_names) PyDict_Clear(c->cache);
         entry = container ? PyDict_New() : PyList_New(0);
         if (!entry) goto fail;
         if (!container) {
@@ -800,24 +862,21 @@ static PyObject *Lane_requests(Lane *l, PyObject *const *argv, Py_ssize_t argn) 
     Config *c = l->cfg;
     const char *data = PyBytes_AS_STRING(argv[0]);
     Py_ssize_t n = PyBytes_GET_SIZE(argv[0]);
-    Py_ssize_t held = l->q.len;
-    int64_t ts0 = l->q.ts;
-    if (!l->accepting) return pieces(data, 0, 0, n, ts, ts);
+    if (!l->accepting) return Py_BuildValue("[(LO)]", ts, argv[0]);
     const char *s;
     Py_ssize_t end;
-    if (hold_join(&l->q, data, n, &s, &end) < 0) return NULL;
-    Py_ssize_t split = held; /* bytes before it were read at ts0 */
+    if (hold_join(&l->q, data, n, ts, &s, &end) < 0) return NULL;
     Py_ssize_t pos = 0;
     Py_ssize_t argc = 0, fend = 0;
     PyObject *result = NULL;
     for (;;) {
         if (pos >= end) {
-            l->q.len = 0;
+            hold_clear(&l->q);
             result = Py_None;
             Py_INCREF(result);
             break;
         }
-        int64_t fts = pos < split ? ts0 : ts;
+        int64_t fts = ts_at(&l->q, pos);
         int r = -1;
         if (l->pcount < c->max_pending && l->pending_bytes < c->max_pending_bytes)
             r = parse_request(s + pos, end - pos, &fend, &l->off, &l->lens, &l->acap, &argc, c->max_frame);
@@ -827,7 +886,7 @@ static PyObject *Lane_requests(Lane *l, PyObject *const *argv, Py_ssize_t argn) 
         }
         if (r == 0 && end - pos > c->max_frame) r = -1; /* a frame this large: Python streams it */
         if (r == 0) {
-            if (hold_set(&l->q, s + pos, end - pos, fts) < 0) break;
+            if (hold_keep(&l->q, s, pos, end) < 0) break;
             result = Py_None;
             Py_INCREF(result);
             break;
@@ -842,8 +901,8 @@ static PyObject *Lane_requests(Lane *l, PyObject *const *argv, Py_ssize_t argn) 
             }
         }
         if (r < 0) { /* from here on the Python decoder reads this stream */
-            result = pieces(s, pos, split, end, ts0, ts);
-            l->q.len = 0;
+            result = hold_pieces(&l->q, s, pos, end);
+            hold_clear(&l->q);
             l->accepting = 0;
             c->handovers++;
             break;
@@ -961,34 +1020,32 @@ static PyObject *Lane_replies(Lane *l, PyObject *const *argv, Py_ssize_t argn) {
     Config *c = l->cfg;
     const char *data = PyBytes_AS_STRING(argv[0]);
     Py_ssize_t n = PyBytes_GET_SIZE(argv[0]);
-    Py_ssize_t held = l->p.len;
-    int64_t ts0 = l->p.ts;
     const char *s;
     Py_ssize_t end;
-    if (hold_join(&l->p, data, n, &s, &end) < 0) return NULL;
-    Py_ssize_t split = held, pos = 0, fend = 0;
+    if (hold_join(&l->p, data, n, ts, &s, &end) < 0) return NULL;
+    Py_ssize_t pos = 0, fend = 0;
     for (;;) {
         if (pos >= end) {
-            l->p.len = 0;
+            hold_clear(&l->p);
             Py_RETURN_NONE;
         }
-        int64_t fts = pos < split ? ts0 : ts;
+        int64_t fts = ts_at(&l->p, pos);
         if (!l->pcount) {
-            PyObject *r = pieces(s, pos, split, end, ts0, ts);
-            l->p.len = 0;
+            PyObject *r = hold_pieces(&l->p, s, pos, end);
+            hold_clear(&l->p);
             return r;
         }
-        int r = parse_reply(s + pos, end - pos, &fend, c->max_reply);
+        int r = parse_reply(s + pos, end - pos, &fend, c->max_line);
         Pend *e = &l->pq[l->phead];
         if (r == 0 && end - pos <= c->max_reply) {
-            if (hold_set(&l->p, s + pos, end - pos, fts) < 0) return NULL;
+            if (hold_keep(&l->p, s, pos, end) < 0) return NULL;
             Py_RETURN_NONE;
         }
         if (r != 1 || fts < e->ts) {
             /* keep the rest (one piece per read time) for surrender() */
-            PyObject *rest = pieces(s, pos, split, end, ts0, ts);
+            PyObject *rest = hold_pieces(&l->p, s, pos, end);
             if (!rest) return NULL;
-            l->p.len = 0;
+            hold_clear(&l->p);
             Py_XSETREF(l->rest, rest);
             Py_RETURN_FALSE;
         }
@@ -1017,9 +1074,9 @@ static PyObject *Lane_replies(Lane *l, PyObject *const *argv, Py_ssize_t argn) {
 /* release_requests() -> [(ts, bytes)]: the request bytes held (an unfinished
  * frame); from now on the Python decoder reads this stream. */
 static PyObject *Lane_release_requests(Lane *l, PyObject *unused) {
-    PyObject *r = pieces(l->q.buf, 0, l->q.len, l->q.len, l->q.ts, l->q.ts);
+    PyObject *r = hold_pieces(&l->q, l->q.buf, 0, l->q.len);
     if (!r) return NULL;
-    l->q.len = 0;
+    hold_clear(&l->q);
     if (l->accepting) l->cfg->handovers++;
     l->accepting = 0;
     return r;
@@ -1046,13 +1103,13 @@ static PyObject *Lane_surrender(Lane *l, PyObject *unused) {
     PyObject *rest = l->rest;
     l->rest = NULL;
     if (!rest) {
-        rest = pieces(l->p.buf, 0, l->p.len, l->p.len, l->p.ts, l->p.ts);
+        rest = hold_pieces(&l->p, l->p.buf, 0, l->p.len);
         if (!rest) {
             Py_DECREF(reqs);
             return NULL;
         }
     }
-    l->p.len = 0;
+    hold_clear(&l->p);
     return Py_BuildValue("(NN)", reqs, rest);
 }
 
