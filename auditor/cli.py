@@ -169,6 +169,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     verb = args.verb
+    if verb in ("replay", "run", "sniff"):
+        from auditor.pipeline import tune_gc
+
+        tune_gc()
     if verb == "replay":
         return cmd_replay(args)
     if verb == "query":

@@ -188,3 +188,11 @@ SNIFF_MAX_FILTER_PORTS = 256
 # -n 200000 -t set,get (400k commands, ~80 MB of ring blocks) fits whole while the pipeline
 # runs behind. When full the ring fills and the kernel drops, counted as gap rows.
 SNIFF_BACKLOG_BYTES = 256 * 1024 * 1024
+
+# CPython's cyclic GC: a young-generation pass every GC_THRESHOLD allocations
+# instead of 700. Replay and live capture allocate a few objects per packet
+# and keep up to SINK_ROWS_PER_FILE rows (with their lists) alive; with the
+# default thresholds the collector re-walked them about a million times per
+# replay, ~40% of its CPU. Cycles are still collected (rare here: the stages
+# build none).
+GC_THRESHOLD = (200_000, 20, 100)

@@ -8,11 +8,12 @@ live sniff, eBPF) feeds this same object, so what is tested on pcaps holds live.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from auditor import fastlane
+from auditor import fastlane, limits
 from auditor.redact import Redactor
 from auditor.resp import ReplyDecoder, RequestDecoder
 from auditor.resp_request import parse_request
@@ -73,6 +74,13 @@ class _Conn:
         # it; while it is busy (requests waiting for replies), replies do
         self.lane: Any = lane
         self.fast = False
+
+
+def tune_gc() -> None:
+    """Collector thresholds for a process whose work is a pipeline (see limits.GC_THRESHOLD); objects made
+    at start-up (modules, the command table) are frozen out of every collection."""
+    gc.freeze()
+    gc.set_threshold(*limits.GC_THRESHOLD)
 
 
 class Pipeline:
