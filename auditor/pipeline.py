@@ -123,75 +123,75 @@ class Pipeline:
         return {"fallbacks": cfg.fallbacks, "handovers": cfg.handovers, "surrenders": cfg.surrenders}
 
     # ------------------------------------------------------------------ input
+    def feed(self, ev: SourceEvent) -> None:
+        self.feed_many((ev,))
+
     def feed_many(self, events: Iterable[SourceEvent]) -> None:
         for ev in events:
-            self.feed(ev)
-
-    def feed(self, ev: SourceEvent) -> None:
-        if type(ev) is Chunk:  # the hot path: written out flat
-            c = self._conns.get(ev.conn)
-            if c is None:
-                c = self._open(ConnOpen(ev.conn, ev.ts_ns, ConnMeta(self.source), mid_stream=True))
-            s = c.session
-            lane = c.lane
-            if ev.direction is Direction.TO_SERVER:
-                if c.fast:
-                    st = c.req_stream
-                    data = ev.data
-                    if ev.pos == st.expected and not st._segs and ev.orig_len <= len(data):
-                        # in order, whole: Stream.push's own fast path, inlined (most chunks)
-                        st.expected += len(data)
-                        if data:
-                            rest = lane.requests(data, ev.ts_ns)
-                            if rest is not None:
-                                self._surrender(c, rest)
-                    else:
-                        self._fast_requests(c, ev)
-                else:
-                    dec = c.req_dec
-                    for p in c.req_stream.push(ev):
-                        for f in dec.feed(p[1], p[0]) if type(p) is tuple else dec.gap(p.nbytes, p.ts_ns, p.reason):
-                            if type(f) is Request:
-                                s.request(f)
-                            else:
-                                self._route_request(s, f)
-            elif lane is not None and (lane.busy or c.fast):
-                st = c.rep_stream
-                data = ev.data
-                if lane.busy and ev.pos == st.expected and not st._segs and ev.orig_len <= len(data):
-                    st.expected += len(data)  # (as above)
-                    r = lane.replies(data, ev.ts_ns) if data else None
-                    if r is not None:
-                        if r is False:
-                            self._surrender(c)
-                        else:  # the lane's requests are all answered: the rest is Python's
-                            self._requests(c, self._to_python(c))
-                            self._replies(c, r)
-                else:
-                    self._fast_replies(c, ev)
-            else:
-                rdec = c.rep_dec
-                for p in c.rep_stream.push(ev):
-                    for g in rdec.feed(p[1], p[0]) if type(p) is tuple else rdec.gap(p.nbytes, p.ts_ns, p.reason):
-                        if type(g) is Reply:
-                            s.reply(g)
+            if type(ev) is Chunk:  # the hot path: written out flat
+                c = self._conns.get(ev.conn)
+                if c is None:
+                    c = self._open(ConnOpen(ev.conn, ev.ts_ns, ConnMeta(self.source), mid_stream=True))
+                s = c.session
+                lane = c.lane
+                if ev.direction is Direction.TO_SERVER:
+                    if c.fast:
+                        st = c.req_stream
+                        data = ev.data
+                        if ev.pos == st.expected and not st._segs and ev.orig_len <= len(data):
+                            # in order, whole: Stream.push's own fast path, inlined (most chunks)
+                            st.expected += len(data)
+                            if data:
+                                rest = lane.requests(data, ev.ts_ns)
+                                if rest is not None:
+                                    self._surrender(c, rest)
                         else:
-                            self._route_reply(s, g)
-            if s._out:
-                self._rows(s.drain())
-            if len(self._fast_out) >= 256:
-                self._flush_fast()
-            if lane is not None and not c.fast and not s._pending:
-                self._maybe_enter(c)
-        elif type(ev) is ConnOpen:
-            old = self._conns.get(ev.conn)
-            if old is not None:
-                self._close(ev.conn, ConnClose(ev.conn, ev.ts_ns, "reopened"))
-            self._open(ev)
-        elif type(ev) is ConnClose:
-            self._close(ev.conn, ev)
-        elif type(ev) is Loss:
-            self._loss(ev)
+                            self._fast_requests(c, ev)
+                    else:
+                        dec = c.req_dec
+                        for p in c.req_stream.push(ev):
+                            for f in dec.feed(p[1], p[0]) if type(p) is tuple else dec.gap(p.nbytes, p.ts_ns, p.reason):
+                                if type(f) is Request:
+                                    s.request(f)
+                                else:
+                                    self._route_request(s, f)
+                elif lane is not None and (lane.busy or c.fast):
+                    st = c.rep_stream
+                    data = ev.data
+                    if lane.busy and ev.pos == st.expected and not st._segs and ev.orig_len <= len(data):
+                        st.expected += len(data)  # (as above)
+                        r = lane.replies(data, ev.ts_ns) if data else None
+                        if r is not None:
+                            if r is False:
+                                self._surrender(c)
+                            else:  # the lane's requests are all answered: the rest is Python's
+                                self._requests(c, self._to_python(c))
+                                self._replies(c, r)
+                    else:
+                        self._fast_replies(c, ev)
+                else:
+                    rdec = c.rep_dec
+                    for p in c.rep_stream.push(ev):
+                        for g in rdec.feed(p[1], p[0]) if type(p) is tuple else rdec.gap(p.nbytes, p.ts_ns, p.reason):
+                            if type(g) is Reply:
+                                s.reply(g)
+                            else:
+                                self._route_reply(s, g)
+                if s._out:
+                    self._rows(s.drain())
+                if len(self._fast_out) >= 256:
+                    self._flush_fast()
+                if lane is not None and not c.fast and not s._pending:
+                    self._maybe_enter(c)
+            elif type(ev) is ConnOpen:
+                old = self._conns.get(ev.conn)
+                if old is not None:
+                    self._close(ev.conn, ConnClose(ev.conn, ev.ts_ns, "reopened"))
+                self._open(ev)
+            elif type(ev) is ConnClose:
+                self._close(ev.conn, ev)
+            elif type(ev) is Loss:
+                self._loss(ev)
 
     def close(self, ts_ns: int, reason: str = "eof") -> None:
         """End of input: flush every connection (pending requests -> no_reply)."""

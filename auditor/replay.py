@@ -53,9 +53,10 @@ def replay(
         cb = (lambda done, total, f=f: progress(f, done, total)) if progress is not None else None
         reader = read_pcap(f, ports, progress=cb, shard=shard, tracker=tracker, last=i == len(files) - 1)
         try:
-            for ev in reader:
-                pipe.feed(ev)
-                last_ts = ev.ts_ns
+            for batch in reader.batches():
+                if batch:
+                    pipe.feed_many(batch)
+                    last_ts = batch[-1].ts_ns
         except CaptureError as e:
             result.failed.append(str(e))  # names the file already
         result.packets += reader.stats.packets

@@ -156,15 +156,18 @@ class PcapReader:
 
     def __iter__(self) -> Iterator[SourceEvent]:
         if self._it is None:
-            kind = _check_header(self.path)
-            self.stats.format = kind
-            tracker = self.tracker
-            if tracker is None:
-                tracker = TcpTracker(self.server_ports, Source.PCAP, self.max_connections, self.shard)
-            file_losses = self.shard is None or self.shard[0] == 0
-            batches = _batches(self.path, kind, tracker, self.stats, self.progress, file_losses, self.last)
-            self._it = itertools.chain.from_iterable(batches)
+            self._it = itertools.chain.from_iterable(self.batches())
         return self._it
+
+    def batches(self) -> Iterator[list[SourceEvent]]:
+        """The events in lists (one per read block), for ``Pipeline.feed_many``. Use this or ``iter()``."""
+        kind = _check_header(self.path)
+        self.stats.format = kind
+        tracker = self.tracker
+        if tracker is None:
+            tracker = TcpTracker(self.server_ports, Source.PCAP, self.max_connections, self.shard)
+        file_losses = self.shard is None or self.shard[0] == 0
+        return _batches(self.path, kind, tracker, self.stats, self.progress, file_losses, self.last)
 
     def __next__(self) -> SourceEvent:
         return next(iter(self))
