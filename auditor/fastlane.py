@@ -45,10 +45,10 @@ except ImportError:  # pragma: no cover - exercised by REDIS_AUDIT_PURE / a buil
 _CPLANS: dict[_Shape, tuple | None] = {}
 _MAX_CPLANS = 16384
 _POLICY = {KeysPolicy.PLAIN: 0, KeysPolicy.MASK: 1, KeysPolicy.HASH: 2, KeysPolicy.DROP: 3}
-# the lane's own bounds (beyond them it hands the connection back to Python)
-MAX_FRAME = 1024 * 1024  # bytes of one request frame held by the lane
-MAX_REPLY = 4 * 1024 * 1024  # bytes of one unfinished reply held by the lane
-MAX_PENDING_BYTES = 256 * 1024 * 1024  # request frames held for their replies
+# the lane's own bounds (beyond them it hands the connection back to Python): see limits
+MAX_FRAME = limits.LANE_MAX_FRAME
+MAX_REPLY = limits.LANE_MAX_REPLY
+MAX_PENDING_BYTES = limits.LANE_MAX_PENDING_BYTES
 
 
 def available() -> bool:

@@ -189,6 +189,13 @@ SNIFF_MAX_FILTER_PORTS = 256
 # runs behind. When full the ring fills and the kernel drops, counted as gap rows.
 SNIFF_BACKLOG_BYTES = 256 * 1024 * 1024
 
+# The C fast lane (auditor/fastlane.py) holds at most this much of one
+# connection before it hands the connection back to the Python stages, which
+# stream bigger frames and keep only MAX_ARG_KEEP bytes of each argument.
+LANE_MAX_FRAME = 1024 * 1024  # bytes of one unfinished request frame
+LANE_MAX_REPLY = 4 * 1024 * 1024  # bytes of one unfinished reply
+LANE_MAX_PENDING_BYTES = 256 * 1024 * 1024  # request frames kept for their replies (and for handing back)
+
 # CPython's cyclic GC: a young-generation pass every GC_THRESHOLD allocations
 # instead of 700. Replay and live capture allocate a few objects per packet
 # and keep up to SINK_ROWS_PER_FILE rows (with their lists) alive; with the
