@@ -28,6 +28,9 @@
 #define MAX_DIGITS 10     /* header numbers the lane accepts (Python accepts up to 20) */
 #define MAX_DEPTH 32      /* reply nesting the lane follows (deeper: handed back) */
 #define ROW_FIELDS 32
+#define NC_SIZE 16       /* names cache (direct mapped) */
+#define MC_SIZE 512      /* mask class-string cache (direct mapped) */
+#define MC_KEY 128       /* longest class string remembered (= redact._MASK_NOOP_MAX_LEN) */
 
 enum { POL_PLAIN = 0, POL_MASK = 1, POL_HASH = 2, POL_DROP = 3 };
 
@@ -50,6 +53,13 @@ typedef struct {
     PyObject *variant_fn;      /* callable(args) -> plan | None (a probed argument is a word) */
     PyObject *render_fn;       /* callable(ctx, raw, ts, seq, error, reply_ts, reply_bytes, reply_type) -> Row */
     PyObject *cache;           /* name as sent -> list of NPLAN plans | dict sub -> list */
+    /* recent names -> their plans list (strong references; a list stays valid after the cache is cleared) */
+    PyObject *nc_name[NC_SIZE], *nc_plans[NC_SIZE];
+    /* recent key class strings -> whether masking leaves such keys as they are (see auditor/redact.py) */
+    struct {
+        unsigned char len, noop;
+        char cls[MC_KEY];
+    } mc[MC_SIZE];
     PyObject *s_command, *s_ok, *s_error;
     Py_ssize_t max_pending, max_frame, max_reply, max_names, reply_keep, max_line;
     long long max_pending_bytes;
@@ -66,6 +76,10 @@ static void Config_dealloc(Config *c) {
     Py_XDECREF(c->variant_fn);
     Py_XDECREF(c->render_fn);
     Py_XDECREF(c->cache);
+    for (int i = 0; i < NC_SIZE; i++) {
+        Py_XDECREF(c->nc_name[i]);
+        Py_XDECREF(c->nc_plans[i]);
+    }
     Py_XDECREF(c->s_command);
     Py_XDECREF(c->s_ok);
     Py_XDECREF(c->s_error);
@@ -548,15 +562,29 @@ static PyObject *render_key(Config *c, const char *s, Py_ssize_t n) {
             }
         if (ascii && n <= c->max_key_chars) {
             int plain = c->policy == POL_PLAIN;
-            if (!plain && n <= c->mask_max_len) {
-                char cls[256];
-                for (Py_ssize_t i = 0; i < n; i++) cls[i] = (char)c->class_of[(unsigned char)s[i]];
-                PyObject *key = PyBytes_FromStringAndSize(cls, n);
-                if (!key) return NULL;
-                PyObject *noop = PyDict_GetItemWithError(c->mask_noop, key);
-                Py_DECREF(key);
-                if (!noop && PyErr_Occurred()) return NULL;
-                plain = noop == Py_True;
+            if (!plain && n <= c->mask_max_len && n <= MC_KEY) {
+                char cls[MC_KEY];
+                uint32_t h = 2166136261u;
+                for (Py_ssize_t i = 0; i < n; i++) {
+                    cls[i] = (char)c->class_of[(unsigned char)s[i]];
+                    h = (h ^ (unsigned char)cls[i]) * 16777619u;
+                }
+                h = (h ^ (uint32_t)n) % MC_SIZE;
+                if (c->mc[h].len == n && n && !memcmp(c->mc[h].cls, cls, n)) {
+                    plain = c->mc[h].noop;
+                } else {
+                    PyObject *key = PyBytes_FromStringAndSize(cls, n);
+                    if (!key) return NULL;
+                    PyObject *noop = PyDict_GetItemWithError(c->mask_noop, key);
+                    Py_DECREF(key);
+                    if (!noop && PyErr_Occurred()) return NULL;
+                    plain = noop == Py_True;
+                    if (noop && n) { /* (answers the Python side computed: a pure function of the class string) */
+                        c->mc[h].len = (unsigned char)n;
+                        c->mc[h].noop = (unsigned char)plain;
+                        memcpy(c->mc[h].cls, cls, n);
+                    }
+                }
             }
             if (plain) {
                 PyObject *u = PyUnicode_New(n, 127);
@@ -599,14 +627,29 @@ static PyObject *args_list(const char *s, Py_ssize_t *off, Py_ssize_t *lens, Py_
 /* The plan for a request (new reference): a tuple, Py_None (render with the
  * callback) or Py_False (not for the lane). */
 static PyObject *find_plan(Config *c, const char *s, Py_ssize_t *off, Py_ssize_t *lens, Py_ssize_t argc) {
-    PyObject *name = PyBytes_FromStringAndSize(s + off[0], lens[0]);
-    if (!name) return NULL;
     Py_ssize_t idx = argc < BIG_ARGC ? argc : BIG_ARGC;
+    const char *nm = s + off[0];
+    Py_ssize_t nl = lens[0];
+    unsigned slot = nl ? ((unsigned)nl * 31u + (unsigned char)nm[0] * 7u + (unsigned char)nm[nl - 1]) % NC_SIZE : 0;
+    PyObject *cn = c->nc_name[slot];
+    if (cn && PyBytes_GET_SIZE(cn) == nl && !memcmp(PyBytes_AS_STRING(cn), nm, nl)) {
+        PyObject *p = PyList_GET_ITEM(c->nc_plans[slot], idx);
+        if (p != Py_Ellipsis) {
+            Py_INCREF(p);
+            return p;
+        }
+    }
+    PyObject *name = PyBytes_FromStringAndSize(nm, nl);
+    if (!name) return NULL;
     PyObject *entry = PyDict_GetItemWithError(c->cache, name);
     PyObject *plans = NULL; /* borrowed */
     if (entry) {
         if (PyList_CheckExact(entry)) {
             plans = entry;
+            Py_INCREF(name);
+            Py_XSETREF(c->nc_name[slot], name);
+            Py_INCREF(entry);
+            Py_XSETREF(c->nc_plans[slot], entry);
         } else { /* container: by subcommand as sent */
             if (argc < 2) {
                 Py_DECREF(name);
