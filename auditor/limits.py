@@ -167,9 +167,10 @@ MAX_REPLY_GRANDCHILDREN = 65536
 # --- sniff (added) -----------------------------------------------------------------
 # Kernel capture ring per packet socket (TPACKET_V3, locked kernel memory). A small
 # request or reply takes ~240 bytes in it (frame header, address, headers, payload), so
-# 32 MiB holds ~140k packets: over a second of redis-benchmark -c 50 on loopback (~100k
-# packets/s), the longest the reader thread should ever go unscheduled.
-SNIFF_RING_BYTES = 32 * 1024 * 1024
+# 64 MiB holds ~280k packets: about 1.5 s of redis-benchmark -c 50 on loopback (~180k
+# packets/s), the longest the reader thread (at nice 19, behind a saturated Redis on 2
+# cores) was seen to go unscheduled; 32 MiB dropped packets in one benchmark round of three.
+SNIFF_RING_BYTES = 64 * 1024 * 1024
 # One ring block: the kernel hands packets over a block at a time. It must hold the
 # largest packet whole (loopback MTU 64 KiB, GSO packets up to 64 KiB); larger packets are
 # cut to the block and the rest becomes a gap.
