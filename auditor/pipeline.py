@@ -162,11 +162,7 @@ class Pipeline:
                         st.expected += len(data)  # (as above)
                         r = lane.replies(data, ev.ts_ns) if data else None
                         if r is not None:
-                            if r is False:
-                                self._surrender(c)
-                            else:  # the lane's requests are all answered: the rest is Python's
-                                self._requests(c, self._to_python(c))
-                                self._replies(c, r)
+                            self._lane_replied(c, r)
                     else:
                         self._fast_replies(c, ev)
                 else:
@@ -243,16 +239,20 @@ class Pipeline:
                 self._replies(c, [p])
             elif type(p) is tuple:
                 r = lane.replies(p[1], p[0])
-                if r is None:
-                    continue
-                if r is False:
-                    self._surrender(c)
-                else:  # the lane's requests are all answered: the rest is Python's
-                    self._requests(c, self._to_python(c))
-                    self._replies(c, r)
+                if r is not None:
+                    self._lane_replied(c, r)
             else:
                 self._surrender(c)
                 self._replies(c, [p])
+
+    def _lane_replied(self, c: _Conn, r: list | bool) -> None:
+        """What ``Lane.replies`` returned when it did not take every byte: False, it cannot go on
+        (everything to Python); else the bytes after its last request's reply, for Python."""
+        if r is False:
+            self._surrender(c)
+        else:
+            self._requests(c, self._to_python(c))
+            self._replies(c, r)  # type: ignore[arg-type]
 
     def _to_python(self, c: _Conn) -> list:
         """Requests go to the Python stages from now on (replies follow once the
