@@ -63,8 +63,16 @@ def _cplan(sh: _Shape) -> tuple | None:
         if any(a.__class__ is tuple for a in sh.acts):
             cp = None
         else:
-            cp = (sh.command, sh.subcommand, sh.acl, tuple(sh.keys), tuple(sh.acts), tuple(sh.probe),
-                  frozenset(sh.tokens), frozenset(sh.sizes))
+            cp = (
+                sh.command,
+                sh.subcommand,
+                sh.acl,
+                tuple(sh.keys),
+                tuple(sh.acts),
+                tuple(sh.probe),
+                frozenset(sh.tokens),
+                frozenset(sh.sizes),
+            )
         if len(_CPLANS) >= _MAX_CPLANS:
             _CPLANS.clear()
         _CPLANS[sh] = cp
