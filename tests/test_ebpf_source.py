@@ -529,3 +529,33 @@ def test_restarted_server_is_picked_up(tmp_path: Path) -> None:
         assert [e.reason for e in cap.events if isinstance(e, ConnClose) and e.conn == op.conn] == ["close"]
     finally:
         src.close()
+
+
+def test_unix_client_of_a_server_started_later(tmp_path: Path) -> None:
+    """The Unix-peer probes are attached only once a target serves a Unix socket: a server that starts after
+    the attach still gets its Unix clients' process (from the probes, or SO_PEERCRED after a second)."""
+    _require_ebpf()
+    src = EbpfSource()
+    src.start()
+    try:
+        cap = Capture(src)
+        srv = start_server(tmp_path)
+        try:
+            t0 = time.monotonic()
+            while srv.pid not in src.target_pids and time.monotonic() - t0 < 2.0:
+                cap.events.extend(src.poll(50))
+            assert srv.pid in src.target_pids
+            for _ in range(2):  # the first may come before the probes are attached; the second after
+                cli = subprocess.Popen(["redis-cli", "-s", srv.unix, "SET", "late:unix", "1"], stdout=subprocess.PIPE)
+                cli.communicate(timeout=10)
+                t0 = time.monotonic()
+                while time.monotonic() - t0 < 5.0 and not [e for e in cap.opens() if e.meta.client_pid == cli.pid]:
+                    cap.events.extend(src.poll(50))
+                found = [e for e in cap.opens() if e.meta.client_pid == cli.pid]
+                assert len(found) == 1, cap.opens()
+                m = found[0].meta
+                assert (m.client_comm, m.server_pid, m.client_addr) == ("redis-cli", srv.pid, f"unix:{srv.unix}")
+        finally:
+            stop_server(srv)
+    finally:
+        src.close()

@@ -90,6 +90,7 @@ _PID_MAX_LIMIT = 4 * 1024 * 1024
 # A Unix connection's ConnOpen waits for its client (RA_PEER, which comes
 # with the first request); one that stays silent is opened after this.
 _HOLD_S = 1.0
+_UNIX_PEER_TPS = (b"sock:sk_data_ready", b"sock:sock_recv_length")
 _RESCAN_S = 5.0
 
 
@@ -280,6 +281,12 @@ class EbpfSource:
                     continue
                 raise EbpfError(f"cannot load {BPF_SOURCE.name}: {e}; run `redis-audit doctor`") from e
         b = self._bpf
+        # The Unix-peer probes run for every socket read and wake-up on the host (~60 ns each, inside
+        # redis-server too): attached only once a target listens on a Unix socket (see _unix_peers).
+        self._unix_peer_probes = False
+        if all(doctor.has_tracepoint(t) for t in doctor.OPTIONAL_TRACEPOINTS):
+            for tp in _UNIX_PEER_TPS:
+                b.detach_tracepoint(tp=tp)
         base = time.time_ns()
         b[b"next_cid"][ct.c_int(0)] = ct.c_uint64(base)
         self._seed_cid = base - 1
@@ -539,6 +546,7 @@ class EbpfSource:
         fam, paddr, pport = ebpf_sock.decode_sockaddr(sockaddr, addrlen)
         if fam == socket.AF_UNIX or (listener is not None and listener.family == socket.AF_UNIX):
             # the client process comes with its first request (RA_PEER)
+            self._unix_peers()
             addr = f"unix:{(listener.path if listener else None) or ''}"
             meta = ConnMeta(
                 Source.EBPF,
@@ -752,11 +760,26 @@ class EbpfSource:
     # seeding connections that were open before the attach
     # ------------------------------------------------------------------
 
+    def _unix_peers(self) -> None:
+        """A target serves a Unix socket: attach the probes that name each Unix client's process with its
+        first request (without them, or for a connection made before they were attached, the process
+        comes from SO_PEERCRED after _HOLD_S)."""
+        if self._unix_peer_probes or self._bpf is None:
+            return
+        if not all(doctor.has_tracepoint(t) for t in doctor.OPTIONAL_TRACEPOINTS):
+            return
+        for tp in _UNIX_PEER_TPS:
+            fn = b"tracepoint__" + tp.replace(b":", b"__")
+            self._bpf.attach_tracepoint(tp=tp, fn_name=fn)
+        self._unix_peer_probes = True
+
     def _seed(self, proc: _Proc) -> None:
         fds = procfs.socket_fds(proc.pid)
         eps = {fd: ebpf_sock.endpoint(proc.pidfd, proc.pid, fd) for fd in fds}
         lports = {ep.local_port for ep in eps.values() if ep and ep.listening and ep.local_port}
         lpaths = {ep.path for ep in eps.values() if ep and ep.listening and ep.path}
+        if lpaths or any(ep and ep.listening and ep.family == socket.AF_UNIX for ep in eps.values()):
+            self._unix_peers()
         for fd, ep in eps.items():
             if ep is not None and ep.listening:
                 proc.listeners[fd] = ep
