@@ -127,14 +127,18 @@ class Pipeline:
         self.feed_many((ev,))
 
     def feed_many(self, events: Iterable[SourceEvent]) -> None:
+        conns_get = self._conns.get  # (locals: the loop runs once per chunk)
+        fast_out = self._fast_out
+        to_server = Direction.TO_SERVER
+        chunk_t = Chunk
         for ev in events:
-            if type(ev) is Chunk:  # the hot path: written out flat
-                c = self._conns.get(ev.conn)
+            if type(ev) is chunk_t:  # the hot path: written out flat
+                c = conns_get(ev.conn)
                 if c is None:
                     c = self._open(ConnOpen(ev.conn, ev.ts_ns, ConnMeta(self.source), mid_stream=True))
                 s = c.session
                 lane = c.lane
-                if ev.direction is Direction.TO_SERVER:
+                if ev.direction is to_server:
                     if c.fast:
                         st = c.req_stream
                         data = ev.data
@@ -155,10 +159,10 @@ class Pipeline:
                                     s.request(f)
                                 else:
                                     self._route_request(s, f)
-                elif lane is not None and (lane.busy or c.fast):
+                elif c.fast or (lane is not None and lane.busy):
                     st = c.rep_stream
                     data = ev.data
-                    if lane.busy and ev.pos == st.expected and not st._segs and ev.orig_len <= len(data):
+                    if ev.pos == st.expected and not st._segs and ev.orig_len <= len(data) and lane.busy:
                         st.expected += len(data)  # (as above)
                         r = lane.replies(data, ev.ts_ns) if data else None
                         if r is not None:
@@ -175,7 +179,7 @@ class Pipeline:
                                 self._route_reply(s, g)
                 if s._out:
                     self._rows(s.drain())
-                if len(self._fast_out) >= 256:
+                if len(fast_out) >= 256:
                     self._flush_fast()
                 if lane is not None and not c.fast and not s._pending:
                     self._maybe_enter(c)
