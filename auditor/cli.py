@@ -245,8 +245,15 @@ def cmd_replay(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     jobs = args.jobs if args.jobs is not None else default_jobs(args.files)
     columns = ("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=err, disable=not show, transient=True) as bar:
+    # auto_refresh=False: no refresh thread, so parallel replay can fork its workers safely (a lock held by
+    # another thread at fork time stays held in the child); the callback below redraws instead.
+    with Progress(*columns, console=err, disable=not show, transient=True, auto_refresh=False) as bar:
         tasks = {f: bar.add_task(f.name, total=f.stat().st_size) for f in args.files}
+
+        def progress(f: Path, done: int, _total: int) -> None:
+            bar.update(tasks[f], completed=done)
+            bar.refresh()
+
         result, stats = replay_to_sink(
             args.files,
             set(args.port) or {6379},
@@ -254,7 +261,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             key,
             sink,
             max(1, jobs),
-            progress=lambda f, done, _total: bar.update(tasks[f], completed=done),
+            progress=progress,
         )
     summary = _summary(result.totals, stats, time.monotonic() - t0)
     summary |= {"packets": result.packets, "files_failed": len(result.failed)}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -90,7 +91,10 @@ def replay_to_sink(
     # fork: a worker starts with the modules already imported (spawn re-imports them: ~0.3 s per worker,
     # a third of a 200k-command replay); it only runs the pipeline and its own sink, never the parent's
     # console or progress thread.
-    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    # Only while this is the process's one thread: a lock another thread holds at fork time (stderr's, say)
+    # would stay held in the child forever.
+    fork = "fork" in mp.get_all_start_methods() and threading.active_count() == 1
+    ctx = mp.get_context("fork" if fork else "spawn")
     done = [ctx.Value("q", 0) for _ in files]
     results = ctx.Queue()
     procs = [
