@@ -15,10 +15,9 @@ compiler) the pipeline runs the Python stages alone.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-from auditor import limits
+from auditor import limits, native_enabled
 from auditor.commands import lookup
 from auditor.redact import (
     _BY_NAME,
@@ -52,7 +51,7 @@ MAX_PENDING_BYTES = limits.LANE_MAX_PENDING_BYTES
 
 
 def available() -> bool:
-    return _lane is not None and os.environ.get("REDIS_AUDIT_PURE", "") in ("", "0")
+    return _lane is not None and native_enabled()
 
 
 def _cplan(sh: _Shape) -> tuple | None:

@@ -293,16 +293,20 @@ class Pipeline:
         self._requests(c, held)
         self._replies(c, rest)
 
+    def _tally(self, rows: list[Row]) -> None:
+        """Rows per command and per user (the live view)."""
+        t = self._totals
+        bc, bu = t.by_command, t.by_user
+        for r in rows:
+            if r.event == "command":
+                bc[r.command or ""] = bc.get(r.command or "", 0) + 1
+                bu[r.user or "?"] = bu.get(r.user or "?", 0) + 1
+
     def _flush_fast(self) -> None:
         out = self._fast_out
-        t = self._totals
-        t.rows += len(out)
+        self._totals.rows += len(out)
         if self.tally:
-            bc, bu = t.by_command, t.by_user
-            for r in out:
-                if r.event == "command":
-                    bc[r.command or ""] = bc.get(r.command or "", 0) + 1
-                    bu[r.user or "?"] = bu.get(r.user or "?", 0) + 1
+            self._tally(out)
         self.write(out)
         out.clear()
 
@@ -423,10 +427,6 @@ class Pipeline:
                 t.parse_errors += 1
             rows.append(row(ex))
         if self.tally:
-            bc, bu = t.by_command, t.by_user
-            for r in rows:
-                if r.event == "command":
-                    bc[r.command or ""] = bc.get(r.command or "", 0) + 1
-                    bu[r.user or "?"] = bu.get(r.user or "?", 0) + 1
+            self._tally(rows)
         t.rows += len(rows)
         self.write(rows)

@@ -24,14 +24,14 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from auditor import limits
+from auditor import limits, native_enabled
 from auditor.types import Row
 
 try:  # the columns' conversion in C (auditor/_native/colenc.c); without it pyarrow's, ~10x slower
     from auditor import _colenc
 except ImportError:  # pragma: no cover - a build without a C compiler
     _colenc = None  # type: ignore[assignment]
-if os.environ.get("REDIS_AUDIT_PURE", "") not in ("", "0"):
+if not native_enabled():
     _colenc = None  # type: ignore[assignment]
 
 _S, _I32, _I64, _F = pa.string(), pa.int32(), pa.int64(), pa.float64()

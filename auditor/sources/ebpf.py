@@ -48,9 +48,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import auditor
-from auditor import doctor, limits
+from auditor import doctor, limits, native_enabled
 from auditor.sources import ebpf_sock, procfs
 from auditor.sources.ringbuf import BUSY_BIT, DISCARD_BIT, LEN_MASK, MappedRingBuffer
+from auditor.sources.tcp import CHUNK_SLOTS
 from auditor.types import Chunk, ConnClose, ConnMeta, ConnOpen, Direction, Loss, Source, SourceEvent
 
 
@@ -127,9 +128,8 @@ try:  # the same loop in C for data records (auditor/_native/ringdrain.c)
     from auditor._ringdrain import drain as _cdrain
 except ImportError:  # pragma: no cover - a build without a C compiler
     _cdrain = None
-if os.environ.get("REDIS_AUDIT_PURE", "") not in ("", "0"):
+if not native_enabled():
     _cdrain = None
-_DESCRS = tuple(Chunk.__dict__[f] for f in ("conn", "direction", "pos", "ts_ns", "data", "orig_len"))
 
 
 @dataclass
@@ -283,8 +283,9 @@ class EbpfSource:
         b = self._bpf
         # The Unix-peer probes run for every socket read and wake-up on the host (~60 ns each, inside
         # redis-server too): attached only once a target listens on a Unix socket (see _unix_peers).
-        self._unix_peer_probes = False
-        if all(doctor.has_tracepoint(t) for t in doctor.OPTIONAL_TRACEPOINTS):
+        # (done: attached, or this kernel has no such tracepoints and the probe was built without them)
+        self._unix_peers_done = not all(doctor.has_tracepoint(t) for t in doctor.OPTIONAL_TRACEPOINTS)
+        if not self._unix_peers_done:
             for tp in _UNIX_PEER_TPS:
                 b.detach_tracepoint(tp=tp)
         base = time.time_ns()
@@ -443,7 +444,7 @@ class EbpfSource:
             while cons < end:
                 if cdrain is not None:
                     # data records of named connections in C; it stops at a record for the code below
-                    cons, k, why = cdrain(data, base, mask, cons, end, names, dirs, clock, _DESCRS, chunk_t, out)
+                    cons, k, why = cdrain(data, base, mask, cons, end, names, dirs, clock, CHUNK_SLOTS, chunk_t, out)
                     n += k
                     if why != 2:
                         break
@@ -764,14 +765,12 @@ class EbpfSource:
         """A target serves a Unix socket: attach the probes that name each Unix client's process with its
         first request (without them, or for a connection made before they were attached, the process
         comes from SO_PEERCRED after _HOLD_S)."""
-        if self._unix_peer_probes or self._bpf is None:
-            return
-        if not all(doctor.has_tracepoint(t) for t in doctor.OPTIONAL_TRACEPOINTS):
+        if self._unix_peers_done or self._bpf is None:
             return
         for tp in _UNIX_PEER_TPS:
             fn = b"tracepoint__" + tp.replace(b":", b"__")
             self._bpf.attach_tracepoint(tp=tp, fn_name=fn)
-        self._unix_peer_probes = True
+        self._unix_peers_done = True
 
     def _seed(self, proc: _Proc) -> None:
         fds = procfs.socket_fds(proc.pid)

@@ -28,12 +28,11 @@ the ``Chunk``): pcap replay's throughput depends on it.
 from __future__ import annotations
 
 import hashlib
-import os
 import socket
 from collections import OrderedDict
 from collections.abc import Callable
 
-from auditor import limits
+from auditor import limits, native_enabled
 from auditor.types import Chunk, ConnClose, ConnMeta, ConnOpen, Direction, Source, SourceEvent
 
 FIN = 0x01
@@ -50,6 +49,8 @@ _FAST_CHUNK = tuple(Chunk.__dataclass_fields__) == _CHUNK_FIELDS and all(
     hasattr(Chunk.__dict__.get(f), "__set__") for f in _CHUNK_FIELDS
 )
 _new = object.__new__
+# the slot descriptors of Chunk, in field order (the C loops set them: pcapwalk.c, ringdrain.c)
+CHUNK_SLOTS = tuple(Chunk.__dict__[f] for f in _CHUNK_FIELDS) if _FAST_CHUNK else ()
 if _FAST_CHUNK:
     _set_conn, _set_dir, _set_pos, _set_ts, _set_data, _set_len = (Chunk.__dict__[f].__set__ for f in _CHUNK_FIELDS)
 
@@ -407,11 +408,11 @@ def pcap_walker(tracker: TcpTracker) -> Callable[..., tuple] | None:
     """``walk(buf, off, big_endian, frac_ns, link, l3off, max_rec, out)``: classic pcap records from ``off``
     through this tracker's fast path, in C, until one needs the Python path (see pcapwalk.c); None without the
     compiled module (or with REDIS_AUDIT_PURE set)."""
-    if _cwalk is None or not _FAST_CHUNK or os.environ.get("REDIS_AUDIT_PURE", "") not in ("", "0"):
+    if _cwalk is None or not _FAST_CHUNK or not native_enabled():
         return None
     k, n = getattr(tracker, "_shard", (0, 1))
     flows, ports = tracker._flows, tracker.server_ports
-    cd = tuple(Chunk.__dict__[f] for f in _CHUNK_FIELDS)
+    cd = CHUNK_SLOTS
     fd = tuple(_Flow.__dict__[f] for f in _FLOW_FIELDS)
     nd = tuple(_Conn.__dict__[f] for f in _CONN_FIELDS)
 
