@@ -303,6 +303,21 @@ static int seg_push(Hold *h, Py_ssize_t off, int64_t ts) {
     return 0;
 }
 
+/* Room for need bytes in the hold (what it holds is kept). */
+static int hold_reserve(Hold *h, Py_ssize_t need) {
+    if (need <= h->cap) return 0;
+    Py_ssize_t cap = h->cap ? h->cap : 4096;
+    while (cap < need) cap *= 2;
+    char *b = PyMem_Realloc(h->buf, cap);
+    if (!b) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    h->buf = b;
+    h->cap = cap;
+    return 0;
+}
+
 /* The bytes to parse: what is held plus data (copied behind it), or data alone. */
 static int hold_join(Hold *h, const char *data, Py_ssize_t n, int64_t ts, const char **s, Py_ssize_t *len) {
     if (!h->len) {
@@ -313,17 +328,7 @@ static int hold_join(Hold *h, const char *data, Py_ssize_t n, int64_t ts, const 
         return 0;
     }
     Py_ssize_t need = h->len + n;
-    if (need > h->cap) {
-        Py_ssize_t cap = h->cap;
-        while (cap < need) cap *= 2;
-        char *b = PyMem_Realloc(h->buf, cap);
-        if (!b) {
-            PyErr_NoMemory();
-            return -1;
-        }
-        h->buf = b;
-        h->cap = cap;
-    }
+    if (hold_reserve(h, need) < 0) return -1;
     if (n && seg_push(h, h->len, ts) < 0) return -1;
     memcpy(h->buf + h->len, data, n);
     *s = h->buf;
@@ -353,28 +358,9 @@ static int hold_keep(Hold *h, const char *s, Py_ssize_t pos, Py_ssize_t end) {
         m++;
     }
     h->nseg = m;
-    if (n > h->cap) {
-        Py_ssize_t cap = h->cap ? h->cap : 4096;
-        while (cap < n) cap *= 2;
-        if (s == h->buf) {
-            char *b = PyMem_Realloc(h->buf, cap);
-            if (!b) {
-                PyErr_NoMemory();
-                return -1;
-            }
-            h->buf = b;
-            s = b;
-        } else {
-            char *b = PyMem_Malloc(cap);
-            if (!b) {
-                PyErr_NoMemory();
-                return -1;
-            }
-            PyMem_Free(h->buf);
-            h->buf = b;
-        }
-        h->cap = cap;
-    }
+    int joined = s == h->buf; /* (growing moves the buffer s points into) */
+    if (hold_reserve(h, n) < 0) return -1;
+    if (joined) s = h->buf;
     memmove(h->buf, s + pos, n);
     h->len = n;
     return 0;
