@@ -13,8 +13,9 @@
  *     results here and seeded by user space from /proc at attach; close()
  *     removes the entry, so a recycled fd number (redis reads /proc/self/stat
  *     on them) is never captured and fd reuse gets a new connection id.
- * sys_enter saves the syscall's arguments in task-local storage; sys_exit
- * copies `ret` bytes of the buffer (the true length travels with every
+ * Only sys_exit is probed (close aside): it reads the syscall's arguments
+ * from the saved user registers and copies `ret` bytes of the buffer (the
+ * true length travels with every
  * record, the copy is capped). Records go to one ring buffer without a
  * wakeup unless it is filling up (the consumer drains on a short timer);
  * records the ring refuses are counted globally and per connection.
@@ -81,25 +82,42 @@
 #define RA_TCP_SYN_SENT 2
 #define RA_IPPROTO_TCP 6
 
-/* What the saved arguments are, for sys_exit. */
+/* What the syscall's arguments are, for io_exit. */
 enum ra_kind {
-	RA_NONE = 0,
-	RA_PLAIN = 1,  /* buf, count: read/write/recvfrom/sendto */
-	RA_IOV = 2,    /* struct iovec *, iovcnt: readv/writev */
-	RA_MSG = 3,    /* struct user_msghdr *: recvmsg/sendmsg */
-	RA_ACCEPT4 = 4 /* listen fd, sockaddr *, addrlen *: accept/accept4 */
+	RA_PLAIN = 1, /* buf, count: read/write/recvfrom/sendto */
+	RA_IOV = 2,   /* struct iovec *, iovcnt: readv/writev */
+	RA_MSG = 3,   /* struct user_msghdr *: recvmsg/sendmsg */
 };
 
-/* Per thread, from sys_enter to sys_exit (task-local storage: no map
- * update per syscall, freed with the thread). */
-struct ra_inflight {
-	__u64 buf;    /* buffer, iovec array, msghdr, or sockaddr */
-	__u64 arg2;   /* iovcnt, or addrlen pointer */
-	__u32 fd;     /* the socket, or the listening socket */
-	__u8 kind;    /* enum ra_kind; RA_NONE when idle */
-	__u8 dir;
-	__u16 pad;
+/* The first three arguments of the current syscall, from the user register
+ * frame saved at syscall entry (bpf_task_pt_regs): the syscalls traced here
+ * leave it as it was, except the return value register. So sys_exit alone
+ * has the arguments: no sys_enter probe and no per-thread storage, and
+ * other processes pay one program run per read/write, not two. */
+struct ra_args {
+	__u64 fd;
+	__u64 a1;
+	__u64 a2;
 };
+
+#if defined(__x86_64__)
+#define RA_NR_READ 0
+#define RA_NR_READV 19
+#define RA_NR_RECVFROM 45
+#define RA_NR_RECVMSG 47
+static __always_inline int ra_args_get(struct ra_args *a)
+{
+	/* a trusted BTF pointer: plain loads, no copy helper */
+	struct pt_regs *r = (struct pt_regs *)bpf_task_pt_regs((struct task_struct *)bpf_get_current_task_btf());
+
+	a->fd = r->di;
+	a->a1 = r->si;
+	a->a2 = r->dx;
+	return r->orig_ax; /* the syscall number */
+}
+#else
+#error "redis_audit.bpf.c reads syscall arguments from x86-64 pt_regs; this architecture is not supported yet"
+#endif
 
 /* Key of the peers map: the client end of a local TCP connection. IPv4
  * addresses are stored v4-mapped so a v4 client of a dual-stack (::)
@@ -135,7 +153,6 @@ struct ra_msghdr {
 BPF_RINGBUF_OUTPUT(events, RA_RINGBUF_PAGES);
 BPF_ARRAY(target_bits, __u64, RA_PID_WORDS);
 BPF_HASH(socks, struct ra_sock_key, struct ra_sock, RA_MAX_CONNS);
-BPF_TASK_STORAGE(inflight, struct ra_inflight);
 /* every TCP connect() on the host passes here: LRU, sized so that an entry
  * outlives the few microseconds to milliseconds until the server accepts */
 BPF_TABLE("lru_hash", __u64, struct ra_client, connecting, 16384);
@@ -182,33 +199,9 @@ static __always_inline int is_target(__u32 tgid)
 	return w && (*w >> (tgid & 63)) & 1;
 }
 
-static __always_inline struct ra_inflight *inflight_get(int create)
-{
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task_btf();
-
-	return inflight.task_storage_get(task, 0, create ? BPF_LOCAL_STORAGE_GET_F_CREATE : 0);
-}
-
 /* ------------------------------------------------------------------------
- * Data: sys_enter saves the buffer, sys_exit copies ret bytes of it.
+ * Data: at sys_exit, copy ret bytes of the syscall's buffer.
  * ------------------------------------------------------------------------ */
-
-static __always_inline int io_enter(int fd, const void *buf, __u64 arg2, __u8 kind, __u8 dir)
-{
-	struct ra_inflight *f;
-
-	if (!is_target(bpf_get_current_pid_tgid() >> 32))
-		return 0;
-	f = inflight_get(1);
-	if (!f)
-		return 0;
-	f->buf = (__u64)buf;
-	f->arg2 = arg2;
-	f->fd = fd;
-	f->kind = kind;
-	f->dir = dir;
-	return 0;
-}
 
 /* Emit the n bytes at ubuf (n = true length; at most `limit` of them are
  * copied, in up to `pieces` records of RA_PIECE_BYTES). Both are constants
@@ -259,29 +252,19 @@ static __always_inline void emit(struct ra_sock *s, __u8 dir, __u64 ubuf, __u64 
 	}
 }
 
-static __always_inline int io_exit(long ret)
+static __always_inline int io_exit(long ret, __u8 kind, __u8 dir)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	struct ra_inflight *fp;
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct ra_args a;
 	struct ra_sock_key key;
 	struct ra_sock *s;
-	__u64 pos, rest, iov, iovcnt, buf;
-	__u8 kind, dir;
+	__u64 pos, rest, iov, iovcnt;
 
-	if (!is_target(id >> 32))
+	if (ret <= 0 || !is_target(tgid))
 		return 0;
-	fp = inflight_get(0);
-	if (!fp || fp->kind == RA_NONE)
-		return 0;
-	kind = fp->kind;
-	dir = fp->dir & 1;
-	buf = fp->buf;
-	iovcnt = fp->arg2;
-	key.tgid = id >> 32;
-	key.fd = fp->fd;
-	fp->kind = RA_NONE;
-	if (ret <= 0)
-		return 0;
+	ra_args_get(&a);
+	key.tgid = tgid;
+	key.fd = a.fd;
 	s = socks.lookup(&key);
 	if (!s)
 		return 0; /* not a client socket: a file, a pipe, /proc/self/stat */
@@ -289,14 +272,15 @@ static __always_inline int io_exit(long ret)
 	s->pos[dir] = pos + ret;
 	s->events++;
 	if (kind == RA_PLAIN) {
-		emit(s, dir, buf, ret, pos, RA_CAPTURE_BYTES, RA_PIECES);
+		emit(s, dir, a.a1, ret, pos, RA_CAPTURE_BYTES, RA_PIECES);
 		return 0;
 	}
-	iov = buf;
+	iov = a.a1;
+	iovcnt = a.a2;
 	if (kind == RA_MSG) {
 		struct ra_msghdr m = {};
 
-		if (bpf_probe_read_user(&m, sizeof(m), (void *)buf)) {
+		if (bpf_probe_read_user(&m, sizeof(m), (void *)a.a1)) {
 			emit(s, dir, 0, ret, pos, 0, 1);
 			return 0;
 		}
@@ -328,95 +312,47 @@ static __always_inline int io_exit(long ret)
 	return 0;
 }
 
-TRACEPOINT_PROBE(syscalls, sys_enter_read)
-{
-	return io_enter(args->fd, args->buf, 0, RA_PLAIN, RA_TO_SERVER);
-}
 TRACEPOINT_PROBE(syscalls, sys_exit_read)
 {
-	return io_exit(args->ret);
-}
-TRACEPOINT_PROBE(syscalls, sys_enter_recvfrom)
-{
-	return io_enter(args->fd, args->ubuf, 0, RA_PLAIN, RA_TO_SERVER);
+	return io_exit(args->ret, RA_PLAIN, RA_TO_SERVER);
 }
 TRACEPOINT_PROBE(syscalls, sys_exit_recvfrom)
 {
-	return io_exit(args->ret);
-}
-TRACEPOINT_PROBE(syscalls, sys_enter_readv)
-{
-	return io_enter(args->fd, args->vec, args->vlen, RA_IOV, RA_TO_SERVER);
+	return io_exit(args->ret, RA_PLAIN, RA_TO_SERVER);
 }
 TRACEPOINT_PROBE(syscalls, sys_exit_readv)
 {
-	return io_exit(args->ret);
-}
-TRACEPOINT_PROBE(syscalls, sys_enter_recvmsg)
-{
-	return io_enter(args->fd, args->msg, 0, RA_MSG, RA_TO_SERVER);
+	return io_exit(args->ret, RA_IOV, RA_TO_SERVER);
 }
 TRACEPOINT_PROBE(syscalls, sys_exit_recvmsg)
 {
-	return io_exit(args->ret);
-}
-TRACEPOINT_PROBE(syscalls, sys_enter_write)
-{
-	return io_enter(args->fd, args->buf, 0, RA_PLAIN, RA_TO_CLIENT);
+	return io_exit(args->ret, RA_MSG, RA_TO_SERVER);
 }
 TRACEPOINT_PROBE(syscalls, sys_exit_write)
 {
-	return io_exit(args->ret);
-}
-TRACEPOINT_PROBE(syscalls, sys_enter_sendto)
-{
-	return io_enter(args->fd, args->buff, 0, RA_PLAIN, RA_TO_CLIENT);
+	return io_exit(args->ret, RA_PLAIN, RA_TO_CLIENT);
 }
 TRACEPOINT_PROBE(syscalls, sys_exit_sendto)
 {
-	return io_exit(args->ret);
-}
-TRACEPOINT_PROBE(syscalls, sys_enter_writev)
-{
-	return io_enter(args->fd, args->vec, args->vlen, RA_IOV, RA_TO_CLIENT);
+	return io_exit(args->ret, RA_PLAIN, RA_TO_CLIENT);
 }
 TRACEPOINT_PROBE(syscalls, sys_exit_writev)
 {
-	return io_exit(args->ret);
-}
-TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg)
-{
-	return io_enter(args->fd, args->msg, 0, RA_MSG, RA_TO_CLIENT);
+	return io_exit(args->ret, RA_IOV, RA_TO_CLIENT);
 }
 TRACEPOINT_PROBE(syscalls, sys_exit_sendmsg)
 {
-	return io_exit(args->ret);
+	return io_exit(args->ret, RA_MSG, RA_TO_CLIENT);
 }
 
 /* ------------------------------------------------------------------------
  * Connections: accept adds (tgid, fd), close removes it.
  * ------------------------------------------------------------------------ */
 
-static __always_inline int accept_enter(int listen_fd, void *sockaddr, void *addrlen)
-{
-	struct ra_inflight *f;
-
-	if (!is_target(bpf_get_current_pid_tgid() >> 32))
-		return 0;
-	f = inflight_get(1);
-	if (!f)
-		return 0;
-	f->buf = (__u64)sockaddr;
-	f->arg2 = (__u64)addrlen;
-	f->fd = listen_fd;
-	f->kind = RA_ACCEPT4;
-	return 0;
-}
-
 static __always_inline int accept_exit(long ret)
 {
 	__u64 id = bpf_get_current_pid_tgid();
-	struct ra_inflight *f;
+	struct ra_args a;
 	struct ra_sock_key key;
 	struct ra_sock s = {};
 	struct ra_accept *e;
@@ -426,17 +362,13 @@ static __always_inline int accept_exit(long ret)
 	__u32 zero = 0, listen_fd;
 	int addrlen = 0, tracked;
 
-	if (!is_target(id >> 32))
+	/* -EAGAIN is frequent: redis accepts until it fails */
+	if (ret < 0 || !is_target(id >> 32))
 		return 0;
-	f = inflight_get(0);
-	if (!f || f->kind != RA_ACCEPT4)
-		return 0;
-	f->kind = RA_NONE;
-	sockaddr = f->buf;
-	addrlen_ptr = f->arg2;
-	listen_fd = f->fd;
-	if (ret < 0) /* -EAGAIN is frequent: redis accepts until it fails */
-		return 0;
+	ra_args_get(&a);
+	listen_fd = a.fd;
+	sockaddr = a.a1;
+	addrlen_ptr = a.a2;
 	next = next_cid.lookup(&zero);
 	if (!next)
 		return 0;
@@ -499,17 +431,9 @@ static __always_inline int accept_exit(long ret)
 	return 0;
 }
 
-TRACEPOINT_PROBE(syscalls, sys_enter_accept)
-{
-	return accept_enter(args->fd, args->upeer_sockaddr, args->upeer_addrlen);
-}
 TRACEPOINT_PROBE(syscalls, sys_exit_accept)
 {
 	return accept_exit(args->ret);
-}
-TRACEPOINT_PROBE(syscalls, sys_enter_accept4)
-{
-	return accept_enter(args->fd, args->upeer_sockaddr, args->upeer_addrlen);
 }
 TRACEPOINT_PROBE(syscalls, sys_exit_accept4)
 {
@@ -608,7 +532,7 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
  * one-shot client is gone before user space could ask. Instead: the client's
  * write wakes the server-side socket (sk_data_ready, in the writer's
  * context), then the server reads that same socket (sock_recv_length, inside
- * the read syscall whose fd is in `inflight`): the socket pointer links the
+ * the read syscall, whose fd is in the saved registers): the socket pointer links the
  * two. Only connections accepted with a Unix peer ask for it, once.
  * ------------------------------------------------------------------------ */
 
@@ -635,19 +559,21 @@ TRACEPOINT_PROBE(sock, sock_recv_length)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__u64 sk = (__u64)args->sk;
-	struct ra_inflight *f;
+	struct ra_args a;
 	struct ra_sock_key key;
 	struct ra_sock *s;
 	struct ra_client *w;
+	int nr;
 	struct ra_peer *e;
 
 	if (args->family != RA_AF_UNIX || args->ret <= 0 || !is_target(id >> 32))
 		return 0;
-	f = inflight_get(0);
-	if (!f || f->kind == RA_NONE || f->kind == RA_ACCEPT4)
+	/* inside one of the read-like syscalls: their first argument is the fd */
+	nr = ra_args_get(&a);
+	if (nr != RA_NR_READ && nr != RA_NR_READV && nr != RA_NR_RECVFROM && nr != RA_NR_RECVMSG)
 		return 0;
 	key.tgid = id >> 32;
-	key.fd = f->fd;
+	key.fd = a.fd;
 	s = socks.lookup(&key);
 	if (!s || !s->need_peer)
 		return 0;
