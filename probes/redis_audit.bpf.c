@@ -44,6 +44,9 @@
 #ifndef RA_PIECE_BYTES
 #define RA_PIECE_BYTES 16384
 #endif
+#ifndef RA_SMALL_BYTES
+#define RA_SMALL_BYTES 128
+#endif
 #ifndef RA_MAX_IOV
 #define RA_MAX_IOV 16
 #endif
@@ -203,6 +206,23 @@ static __always_inline int is_target(__u32 tgid)
  * Data: at sys_exit, copy ret bytes of the syscall's buffer.
  * ------------------------------------------------------------------------ */
 
+/* A record of this connection and direction was refused: its bytes become
+ * the hole the next delivered record reports. */
+static __always_inline void lost(struct ra_sock *s, __u8 dir, __u32 orig_len)
+{
+	s->lost_events[dir & 1] += 1;
+	s->lost_bytes[dir & 1] += orig_len;
+	count(RA_CNT_LOST_DATA, 1);
+	count(RA_CNT_LOST_BYTES, orig_len);
+}
+
+/* A delivered record carried these losses: they are reported. */
+static __always_inline void reported(struct ra_sock *s, __u8 dir, __u32 lost_events, __u64 lost_bytes)
+{
+	s->lost_events[dir & 1] -= lost_events;
+	s->lost_bytes[dir & 1] -= lost_bytes;
+}
+
 /* Emit the n bytes at ubuf (n = true length; at most `limit` of them are
  * copied, in up to `pieces` records of RA_PIECE_BYTES). Both are constants
  * at each call site: the verifier walks every iteration of every call. */
@@ -240,16 +260,53 @@ static __always_inline void emit(struct ra_sock *s, __u8 dir, __u64 ubuf, __u64 
 		e->hdr.orig_len = off + RA_PIECE_BYTES >= cap ? n - off : RA_PIECE_BYTES;
 		e->hdr.lost_events = lost_events;
 		e->hdr.lost_bytes = lost_bytes;
-		if (events.ringbuf_output(e, sizeof(e->hdr) + len, 0)) {
-			s->lost_events[dir] += 1;
-			s->lost_bytes[dir] += e->hdr.orig_len;
-			count(RA_CNT_LOST_DATA, 1);
-			count(RA_CNT_LOST_BYTES, e->hdr.orig_len);
-		} else if (lost_events) {
-			s->lost_events[dir] -= lost_events;
-			s->lost_bytes[dir] -= lost_bytes;
-		}
+		if (events.ringbuf_output(e, sizeof(e->hdr) + len, 0))
+			lost(s, dir, e->hdr.orig_len);
+		else if (lost_events)
+			reported(s, dir, lost_events, lost_bytes);
 	}
+}
+
+/* A syscall's bytes that fit RA_SMALL_BYTES (most requests and replies
+ * without pipelining): copied straight into a ring record of fixed size
+ * (the verifier wants a constant), without the per-CPU scratch and the
+ * second copy ringbuf_output makes. The unused tail of the record is not
+ * written; `len` says where the bytes end. */
+struct ra_small_event {
+	struct ra_data_hdr hdr;
+	__u8 data[RA_SMALL_BYTES];
+};
+
+static __always_inline void emit_small(struct ra_sock *s, __u8 dir, __u64 ubuf, __u32 n, __u64 pos)
+{
+	struct ra_small_event *e = events.ringbuf_reserve(sizeof(struct ra_small_event));
+	__u32 lost_events = s->lost_events[dir & 1];
+	__u64 lost_bytes = s->lost_bytes[dir & 1];
+	__u32 len = n;
+
+	dir &= 1;
+	if (!e) {
+		lost(s, dir, n);
+		return;
+	}
+	if (len > RA_SMALL_BYTES) /* for the verifier */
+		len = RA_SMALL_BYTES;
+	if (bpf_probe_read_user(e->data, len, (void *)ubuf))
+		len = 0; /* unreadable: the length only, a gap */
+	e->hdr.type = RA_DATA;
+	e->hdr.dir = dir;
+	e->hdr.len = len;
+	e->hdr.cid = s->cid;
+	e->hdr.ts = bpf_ktime_get_ns();
+	e->hdr.pos = pos;
+	e->hdr.orig_len = n;
+	e->hdr.lost_events = lost_events;
+	e->hdr.lost_bytes = lost_bytes;
+	if (lost_events)
+		reported(s, dir, lost_events, lost_bytes);
+	/* no early wakeup from here (bcc gives no map pointer to query the
+	 * fill level with): the consumer's drain timer covers small records */
+	events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
 }
 
 static __always_inline int io_exit(long ret, __u8 kind, __u8 dir)
@@ -272,7 +329,10 @@ static __always_inline int io_exit(long ret, __u8 kind, __u8 dir)
 	s->pos[dir] = pos + ret;
 	s->events++;
 	if (kind == RA_PLAIN) {
-		emit(s, dir, a.a1, ret, pos, RA_CAPTURE_BYTES, RA_PIECES);
+		if (ret <= RA_SMALL_BYTES && ret <= RA_CAPTURE_BYTES && a.a1)
+			emit_small(s, dir, a.a1, ret, pos);
+		else
+			emit(s, dir, a.a1, ret, pos, RA_CAPTURE_BYTES, RA_PIECES);
 		return 0;
 	}
 	iov = a.a1;
