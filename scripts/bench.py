@@ -18,6 +18,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -168,9 +169,11 @@ def bench_overhead(args: argparse.Namespace, workdir: Path) -> list[dict]:
         for _round in range(args.rounds):
             for mode in args.modes:
                 per_mode.setdefault(mode, []).append(one_overhead_run(mode, pipeline, args.requests, workdir))
-        base = _mean(per_mode["none"])
+        base = _summary(per_mode["none"])
         for mode, runs in per_mode.items():
-            m = _mean(runs)
+            m = _summary(runs)
+            # each round against the unaudited run of the same round: the spread other load on the machine causes
+            ratios = [r["redis_cpu_us"] / b["redis_cpu_us"] for r, b in zip(runs, per_mode["none"], strict=True)]
             results.append(
                 {
                     "mode": mode,
@@ -179,6 +182,7 @@ def bench_overhead(args: argparse.Namespace, workdir: Path) -> list[dict]:
                     "throughput_ratio": round(m["rps"] / base["rps"], 3),
                     "redis_cpu_us_per_cmd": round(m["redis_cpu_us"], 2),
                     "redis_cpu_ratio": round(m["redis_cpu_us"] / base["redis_cpu_us"], 3),
+                    "redis_cpu_ratio_rounds": f"{min(ratios):.2f}-{max(ratios):.2f}",
                     "auditor_cpu_us_per_cmd": round(m["auditor_cpu_us"], 2) if mode != "none" else None,
                     "catch_up_s": round(m["catch_up_s"], 1) if "catch_up_s" in m else None,
                     "lost_events": m.get("lost_events"),
@@ -188,9 +192,16 @@ def bench_overhead(args: argparse.Namespace, workdir: Path) -> list[dict]:
     return results
 
 
-def _mean(runs: list[dict]) -> dict:
+def _summary(runs: list[dict]) -> dict:
+    """Medians over the rounds (a burst of other load on a shared machine moves a mean a lot), except what must
+    not be averaged away: lost events are summed, rows vs commands is the worst round."""
     keys = {k for r in runs for k, v in r.items() if isinstance(v, (int, float))}
-    return {k: sum(r.get(k, 0) for r in runs) / len(runs) for k in keys}
+    out = {k: statistics.median(r[k] for r in runs if k in r) for k in keys}
+    if "lost_events" in out:
+        out["lost_events"] = sum(r.get("lost_events", 0) for r in runs)
+    if "rows_vs_commands" in out:
+        out["rows_vs_commands"] = min(r["rows_vs_commands"] for r in runs if "rows_vs_commands" in r)
+    return out
 
 
 def one_overhead_run(mode: str, pipeline: int, n: int, workdir: Path) -> dict:
@@ -261,7 +272,7 @@ def main() -> int:
     ap.add_argument("--pcap", type=Path, default=None, help="replay: use this capture instead of making one")
     ap.add_argument("--port", type=int, default=6379, help="replay: server port of --pcap")
     ap.add_argument("--requests", type=int, default=200_000, help="overhead: redis-benchmark -n")
-    ap.add_argument("--rounds", type=int, default=2, help="overhead: alternating rounds per mode")
+    ap.add_argument("--rounds", type=int, default=3, help="overhead: alternating rounds per mode (medians)")
     ap.add_argument("--modes", nargs="+", default=["none", "monitor", "ebpf", "sniff"])
     ap.add_argument("--pipelines", type=int, nargs="+", default=[1, 16])
     ap.add_argument("--json", action="store_true")
