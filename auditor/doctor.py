@@ -87,6 +87,18 @@ def check_root() -> Check:
     )
 
 
+def check_arch() -> Check:
+    m = platform.machine()
+    if m == "x86_64":
+        return Check("architecture", True, m)
+    return Check(
+        "architecture",
+        False,
+        f"{m}: the probes read syscall arguments from x86-64 registers",
+        "capture packets instead: redis-audit sniff (or run --fallback sniff)",
+    )
+
+
 def check_btf() -> Check:
     p = Path("/sys/kernel/btf/vmlinux")
     if p.exists():
@@ -189,7 +201,7 @@ def check_load() -> Check:
 def checks() -> list[Check]:
     """Every prerequisite of `redis-audit run`, in order; the test program
     only runs when the others pass."""
-    out = [check_root(), check_btf(), check_tracefs(), check_bcc(), check_headers()]
+    out = [check_root(), check_arch(), check_btf(), check_tracefs(), check_bcc(), check_headers()]
     if all(c.ok for c in out):
         out.append(check_load())
     else:

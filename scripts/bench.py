@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -75,6 +76,22 @@ def proc_cpu(pid: int) -> float:
         return (int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
     except OSError:
         return 0.0
+
+
+STEAL_WARN_PCT = 5.0
+
+
+def cpu_ticks() -> list[int]:
+    """The machine's CPU time so far, by kind (/proc/stat: user nice system idle iowait irq softirq steal ...)."""
+    with open("/proc/stat") as f:
+        return [int(x) for x in f.readline().split()[1:]]
+
+
+def steal_pct(t0: list[int], t1: list[int]) -> float:
+    """Share of the interval the hypervisor gave our vCPUs to someone else: on a shared VM the figures of a
+    run with much steal say more about the neighbours than about the auditor."""
+    d = [b - a for a, b in zip(t0, t1, strict=True)]
+    return 100 * d[7] / max(1, sum(d))
 
 
 def benchmark(port: int, n: int, pipeline: int = 1) -> float:
@@ -187,6 +204,7 @@ def bench_overhead(args: argparse.Namespace, workdir: Path) -> list[dict]:
                     "catch_up_s": round(m["catch_up_s"], 1) if "catch_up_s" in m else None,
                     "lost_events": m.get("lost_events"),
                     "rows_vs_commands": m.get("rows_vs_commands"),
+                    "steal_pct_max": round(max(r["steal_pct"] for r in runs), 1),
                 }
             )
     return results
@@ -202,6 +220,20 @@ def _summary(runs: list[dict]) -> dict:
     if "rows_vs_commands" in out:
         out["rows_vs_commands"] = min(r["rows_vs_commands"] for r in runs if "rows_vs_commands" in r)
     return out
+
+
+def wait_rusage(pid: int, escalate: tuple[int, ...], every_s: float = 10.0) -> tuple[int, resource.struct_rusage]:
+    """wait4() for pid, sending the next signal of `escalate` every `every_s` seconds it has not exited."""
+    signals = list(escalate)
+    deadline = time.monotonic() + every_s
+    while True:
+        wpid, status, usage = os.wait4(pid, os.WNOHANG)
+        if wpid:
+            return status, usage
+        if time.monotonic() > deadline and signals:
+            os.kill(pid, signals.pop(0))
+            deadline = time.monotonic() + every_s
+        time.sleep(0.05)
 
 
 def one_overhead_run(mode: str, pipeline: int, n: int, workdir: Path) -> dict:
@@ -225,19 +257,23 @@ def one_overhead_run(mode: str, pipeline: int, n: int, workdir: Path) -> dict:
         c0 = r.commands()
         cpu0 = r.cpu_seconds()
         acpu0 = proc_cpu(aux.pid) if aux else 0.0
+        t0 = cpu_ticks()
         rps = benchmark(r.port, n, pipeline)
+        t1 = cpu_ticks()
         time.sleep(0.3)
         cmds = r.commands() - c0
         res = {
             "rps": rps,
             "redis_cpu_us": (r.cpu_seconds() - cpu0) * 1e6 / cmds,
+            "steal_pct": steal_pct(t0, t1),
         }
         if aux is not None:
             # All of the auditor's CPU, including catching up after the burst: its rusage at exit.
+            # (redis-cli MONITOR sometimes sleeps through SIGINT: SIGTERM after 10 s, then SIGKILL)
             aux.send_signal(signal.SIGINT)
             t_stop = time.monotonic()
             out = aux.stdout.read() if aux.stdout is not None else ""
-            _, status, usage = os.wait4(aux.pid, 0)
+            status, usage = wait_rusage(aux.pid, (signal.SIGTERM, signal.SIGKILL))
             aux.returncode = os.waitstatus_to_exitcode(status)
             res["catch_up_s"] = time.monotonic() - t_stop
             res["auditor_cpu_us"] = ((usage.ru_utime + usage.ru_stime) - acpu0) * 1e6 / cmds
@@ -290,8 +326,15 @@ def main() -> int:
         if args.mode in ("overhead", "all"):
             report["overhead"] = bench_overhead(args, Path(tmp))
             if not args.json:
-                print("\noverhead (ratios to the unaudited run):")
+                print("\noverhead (ratios to the unaudited run, medians of the rounds):")
                 print(table(report["overhead"]))
+            worst = max(r["steal_pct_max"] for r in report["overhead"])
+            if worst > STEAL_WARN_PCT:
+                print(
+                    f"warning: up to {worst:.0f}% of CPU time was stolen by the hypervisor during a run; "
+                    "these figures measure the neighbours as much as the auditor: run again later",
+                    file=sys.stderr,
+                )
     if args.json:
         print(json.dumps(report, indent=2))
     return 0
