@@ -24,6 +24,7 @@
  *   RA_CAPTURE_BYTES   payload bytes copied per read/write-like syscall
  *                      (per iovec: at most one record, RA_PIECE_BYTES)
  *   RA_PIECE_BYTES     payload bytes per record (copies go in pieces)
+ *   RA_SMALL_BYTES     syscalls up to this size: one fixed-size record
  *   RA_MAX_IOV         iovecs copied per readv/writev/recvmsg/sendmsg
  *   RA_MAX_CONNS       size of the socks map
  *   RA_PID_WORDS       u64 words in the target bitmap (pid_max / 64)
