@@ -224,6 +224,20 @@ static __always_inline void reported(struct ra_sock *s, __u8 dir, __u32 lost_eve
 	s->lost_bytes[dir & 1] -= lost_bytes;
 }
 
+static __always_inline void data_hdr(struct ra_data_hdr *h, struct ra_sock *s, __u8 dir, __u32 len, __u64 pos,
+					 __u32 orig_len, __u32 lost_events, __u64 lost_bytes)
+{
+	h->type = RA_DATA;
+	h->dir = dir;
+	h->len = len;
+	h->cid = s->cid;
+	h->ts = bpf_ktime_get_ns();
+	h->pos = pos;
+	h->orig_len = orig_len;
+	h->lost_events = lost_events;
+	h->lost_bytes = lost_bytes;
+}
+
 /* Emit the n bytes at ubuf (n = true length; at most `limit` of them are
  * copied, in up to `pieces` records of RA_PIECE_BYTES). Both are constants
  * at each call site: the verifier walks every iteration of every call. */
@@ -251,16 +265,9 @@ static __always_inline void emit(struct ra_sock *s, __u8 dir, __u64 ubuf, __u64 
 			len = RA_PIECE_BYTES;
 		if (len && bpf_probe_read_user(e->data, len, (void *)(ubuf + off)))
 			len = 0; /* unreadable: the length only, a gap */
-		e->hdr.type = RA_DATA;
-		e->hdr.dir = dir;
-		e->hdr.len = len;
-		e->hdr.cid = s->cid;
-		e->hdr.ts = bpf_ktime_get_ns();
-		e->hdr.pos = pos + off;
 		/* the last piece also carries the length that was not copied */
-		e->hdr.orig_len = off + RA_PIECE_BYTES >= cap ? n - off : RA_PIECE_BYTES;
-		e->hdr.lost_events = lost_events;
-		e->hdr.lost_bytes = lost_bytes;
+		data_hdr(&e->hdr, s, dir, len, pos + off, off + RA_PIECE_BYTES >= cap ? n - off : RA_PIECE_BYTES,
+			 lost_events, lost_bytes);
 		if (events.ringbuf_output(e, sizeof(e->hdr) + len, 0))
 			lost(s, dir, e->hdr.orig_len);
 		else if (lost_events)
@@ -294,15 +301,7 @@ static __always_inline void emit_small(struct ra_sock *s, __u8 dir, __u64 ubuf, 
 		len = RA_SMALL_BYTES;
 	if (bpf_probe_read_user(e->data, len, (void *)ubuf))
 		len = 0; /* unreadable: the length only, a gap */
-	e->hdr.type = RA_DATA;
-	e->hdr.dir = dir;
-	e->hdr.len = len;
-	e->hdr.cid = s->cid;
-	e->hdr.ts = bpf_ktime_get_ns();
-	e->hdr.pos = pos;
-	e->hdr.orig_len = n;
-	e->hdr.lost_events = lost_events;
-	e->hdr.lost_bytes = lost_bytes;
+	data_hdr(&e->hdr, s, dir, len, pos, n, lost_events, lost_bytes);
 	if (lost_events)
 		reported(s, dir, lost_events, lost_bytes);
 	/* no early wakeup from here (bcc gives no map pointer to query the
