@@ -163,11 +163,10 @@ BPF_RINGBUF_OUTPUT(rb, 1);
 TRACEPOINT_PROBE(syscalls, sys_exit_getppid)
 {
     int k = 0;
-    u64 nr = 0, *v = hits.lookup(&k);
+    u64 *v = hits.lookup(&k);
     struct pt_regs *r = (struct pt_regs *)bpf_task_pt_regs((struct task_struct *)bpf_get_current_task_btf());
 
-    bpf_probe_read_kernel(&nr, sizeof(nr), (void *)r + offsetof(struct pt_regs, orig_ax));
-    if (v && nr == 110)
+    if (v && r->orig_ax == 110)
         __sync_fetch_and_add(v, 1);
     return 0;
 }

@@ -15,10 +15,10 @@
  *     on them) is never captured and fd reuse gets a new connection id.
  * Only sys_exit is probed (close aside): it reads the syscall's arguments
  * from the saved user registers and copies `ret` bytes of the buffer (the
- * true length travels with every
- * record, the copy is capped). Records go to one ring buffer without a
- * wakeup unless it is filling up (the consumer drains on a short timer);
- * records the ring refuses are counted globally and per connection.
+ * true length travels with every record, the copy is capped). Records go
+ * to one ring buffer without a wakeup unless it is filling up (the consumer
+ * drains on a short timer); records the ring refuses are counted globally
+ * and per connection.
  *
  * Configuration (-D, from auditor/limits.py):
  *   RA_CAPTURE_BYTES   payload bytes copied per read/write-like syscall

@@ -269,11 +269,11 @@ def one_overhead_run(mode: str, pipeline: int, n: int, workdir: Path) -> dict:
         }
         if aux is not None:
             # All of the auditor's CPU, including catching up after the burst: its rusage at exit.
-            # (redis-cli MONITOR sometimes sleeps through SIGINT: SIGTERM after 10 s, then SIGKILL)
-            aux.send_signal(signal.SIGINT)
+            # (redis-cli MONITOR sleeps through SIGINT: SIGTERM for it; anything still there after 10 s is killed)
+            aux.send_signal(signal.SIGTERM if mode == "monitor" else signal.SIGINT)
             t_stop = time.monotonic()
             out = aux.stdout.read() if aux.stdout is not None else ""
-            status, usage = wait_rusage(aux.pid, (signal.SIGTERM, signal.SIGKILL))
+            status, usage = wait_rusage(aux.pid, (signal.SIGKILL,))
             aux.returncode = os.waitstatus_to_exitcode(status)
             res["catch_up_s"] = time.monotonic() - t_stop
             res["auditor_cpu_us"] = ((usage.ru_utime + usage.ru_stime) - acpu0) * 1e6 / cmds
