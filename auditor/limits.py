@@ -135,10 +135,6 @@ ROLE_CACHE_PER_COMMAND = 1024
 # blocks of 16 KiB, PROTO_REPLY_CHUNK_BYTES), which keeps the verified program
 # small (it walks every iovec x piece) and its load time under 2 s.
 EBPF_PIECE_BYTES = 16384
-# A read/write of at most this many bytes (most requests and replies without
-# pipelining) is copied straight into a ring record of this fixed payload size:
-# no per-CPU scratch and no second copy. Bigger ones take the scratch path.
-EBPF_SMALL_BYTES = 128
 # iovecs copied per readv/writev/recvmsg/sendmsg (a bounded loop for the
 # verifier). redis 7 writev()s at most NET_MAX_WRITES_PER_EVENT (64 KiB) of 16 KiB
 # reply blocks, i.e. 4-5 iovecs; bytes of iovecs past this become a counted gap.
@@ -148,7 +144,7 @@ EBPF_MAX_IOV = 16
 # its connection is not captured.
 EBPF_MAX_CONNS = 65536
 # The kernel wakes the consumer only when this much is pending in the ring buffer
-# (bpf_ringbuf_query; small records never wake it); otherwise the consumer drains on its poll timer, so there
+# (bpf_ringbuf_query); otherwise the consumer drains on its poll timer, so there
 # is no wakeup per event (a wakeup per event costs more than the event). A
 # sixteenth of the ring leaves room for a slow consumer to catch up.
 EBPF_WAKEUP_BYTES = EBPF_RINGBUF_BYTES // 16

@@ -24,7 +24,6 @@
  *   RA_CAPTURE_BYTES   payload bytes copied per read/write-like syscall
  *                      (per iovec: at most one record, RA_PIECE_BYTES)
  *   RA_PIECE_BYTES     payload bytes per record (copies go in pieces)
- *   RA_SMALL_BYTES     syscalls up to this size: one fixed-size record
  *   RA_MAX_IOV         iovecs copied per readv/writev/recvmsg/sendmsg
  *   RA_MAX_CONNS       size of the socks map
  *   RA_PID_WORDS       u64 words in the target bitmap (pid_max / 64)
@@ -44,9 +43,6 @@
 #endif
 #ifndef RA_PIECE_BYTES
 #define RA_PIECE_BYTES 16384
-#endif
-#ifndef RA_SMALL_BYTES
-#define RA_SMALL_BYTES 128
 #endif
 #ifndef RA_MAX_IOV
 #define RA_MAX_IOV 16
@@ -275,40 +271,6 @@ static __always_inline void emit(struct ra_sock *s, __u8 dir, __u64 ubuf, __u64 
 	}
 }
 
-/* A syscall's bytes that fit RA_SMALL_BYTES (most requests and replies
- * without pipelining): copied straight into a ring record of fixed size
- * (the verifier wants a constant), without the per-CPU scratch and the
- * second copy ringbuf_output makes. The unused tail of the record is not
- * written; `len` says where the bytes end. */
-struct ra_small_event {
-	struct ra_data_hdr hdr;
-	__u8 data[RA_SMALL_BYTES];
-};
-
-static __always_inline void emit_small(struct ra_sock *s, __u8 dir, __u64 ubuf, __u32 n, __u64 pos)
-{
-	struct ra_small_event *e = events.ringbuf_reserve(sizeof(struct ra_small_event));
-	__u32 lost_events = s->lost_events[dir & 1];
-	__u64 lost_bytes = s->lost_bytes[dir & 1];
-	__u32 len = n;
-
-	dir &= 1;
-	if (!e) {
-		lost(s, dir, n);
-		return;
-	}
-	if (len > RA_SMALL_BYTES) /* for the verifier */
-		len = RA_SMALL_BYTES;
-	if (bpf_probe_read_user(e->data, len, (void *)ubuf))
-		len = 0; /* unreadable: the length only, a gap */
-	data_hdr(&e->hdr, s, dir, len, pos, n, lost_events, lost_bytes);
-	if (lost_events)
-		reported(s, dir, lost_events, lost_bytes);
-	/* no early wakeup from here (bcc gives no map pointer to query the
-	 * fill level with): the consumer's drain timer covers small records */
-	events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
-}
-
 static __always_inline int io_exit(long ret, __u8 kind, __u8 dir)
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
@@ -329,10 +291,7 @@ static __always_inline int io_exit(long ret, __u8 kind, __u8 dir)
 	s->pos[dir] = pos + ret;
 	s->events++;
 	if (kind == RA_PLAIN) {
-		if (ret <= RA_SMALL_BYTES && ret <= RA_CAPTURE_BYTES && a.a1)
-			emit_small(s, dir, a.a1, ret, pos);
-		else
-			emit(s, dir, a.a1, ret, pos, RA_CAPTURE_BYTES, RA_PIECES);
+		emit(s, dir, a.a1, ret, pos, RA_CAPTURE_BYTES, RA_PIECES);
 		return 0;
 	}
 	iov = a.a1;

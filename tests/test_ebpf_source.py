@@ -229,32 +229,6 @@ def test_raw_socket_bytes_exact(server: Server, cap: Capture) -> None:
     assert [c.reason for c in closes] == ["close"]
 
 
-def test_bytes_exact_around_the_small_record_size(server: Server, cap: Capture) -> None:
-    """Reads and writes just under, at and over EBPF_SMALL_BYTES (one fixed-size record, or the scratch
-    path) arrive byte for byte, one command at a time so that each is one syscall."""
-    small = limits.EBPF_SMALL_BYTES
-    sent = bytearray()
-    got = bytearray()
-    with socket.create_connection(("127.0.0.1", server.port)) as s:
-        port = s.getsockname()[1]
-        for size in range(small - 3, small + 4):
-            # a SET request of exactly `size` bytes, then a GET whose reply is `size` bytes
-            req = next(r for n in range(size) if len(r := _resp(b"SET", b"edge:k", b"v" * n)) == size)
-            value = next(v for n in range(size) if len(b"$%d\r\n%s\r\n" % (n, v := b"w" * n)) == size)
-            for r, want in ((req, b"+OK\r\n"), (_resp(b"SET", b"edge:v", value), b"+OK\r\n")):
-                s.sendall(r)
-                sent += r
-                got += _recv_exactly(s, len(want))
-            r = _resp(b"GET", b"edge:v")
-            s.sendall(r)
-            sent += r
-            got += _recv_exactly(s, size)
-    cap.sync()
-    op = cap.open_for_port(port)
-    assert cap.stream(op.conn, Direction.TO_SERVER) == (bytes(sent), 0, len(sent))
-    assert cap.stream(op.conn, Direction.TO_CLIENT) == (bytes(got), 0, len(got))
-
-
 def test_ipv6_client(server: Server, cap: Capture) -> None:
     sent = _resp(b"PING")
     with socket.create_connection(("::1", server.port)) as s:

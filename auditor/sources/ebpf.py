@@ -192,7 +192,6 @@ def _cflags(capture_bytes: int, auto_target: bool, ring_bytes: int) -> list[str]
         f"-I{PROBES_DIR}",
         f"-DRA_CAPTURE_BYTES={capture_bytes}",
         f"-DRA_PIECE_BYTES={piece}",
-        f"-DRA_SMALL_BYTES={limits.EBPF_SMALL_BYTES}",
         f"-DRA_MAX_IOV={limits.EBPF_MAX_IOV}",
         f"-DRA_MAX_CONNS={limits.EBPF_MAX_CONNS}",
         f"-DRA_PID_WORDS={_PID_MAX_LIMIT // 64}",
