@@ -833,6 +833,10 @@ static int render(Config *c, PyObject **plan_io, const char *s, Py_ssize_t *off,
         }
         PyList_SET_ITEM(out, k, t);
     }
+    /* Only strings in them, and never changed after: no cycle can pass through them, so the cyclic GC
+     * need not walk them (the sink keeps up to SINK_ROWS_PER_FILE rows alive; see make_row). */
+    PyObject_GC_UnTrack(keys);
+    PyObject_GC_UnTrack(out);
     *keys_out = keys;
     *args_out = out;
     return 1;
@@ -1030,6 +1034,10 @@ static PyObject *make_row(Lane *l, Pend *e, char kind, int64_t rts, Py_ssize_t r
     SETREF(31, Py_None);
 #undef SET
 #undef SETREF
+    /* A row holds strings, numbers, None and the untracked key/argument lists, and is never changed: it
+     * cannot be part of a cycle. Untracked, the rows buffered for the sink cost the cyclic GC nothing
+     * (tracked, every young-generation pass walked them). */
+    PyObject_GC_UnTrack(row);
     return row;
 fail:
     Py_DECREF(row); /* (unset items are NULL: tuple dealloc skips them) */
