@@ -12,7 +12,17 @@ setup(
     ext_modules=[
         Extension("auditor._colenc", ["auditor/_native/colenc.c"], extra_compile_args=_FLAGS),
         Extension("auditor._lane", ["auditor/_native/lane.c"], extra_compile_args=_FLAGS),
-        Extension("auditor._pcapwalk", ["auditor/_native/pcapwalk.c"], extra_compile_args=_FLAGS),
-        Extension("auditor._ringdrain", ["auditor/_native/ringdrain.c"], extra_compile_args=_FLAGS),
+        Extension(
+            "auditor._pcapwalk",
+            ["auditor/_native/pcapwalk.c"],
+            depends=["auditor/_native/slots.h"],
+            extra_compile_args=_FLAGS,
+        ),
+        Extension(
+            "auditor._ringdrain",
+            ["auditor/_native/ringdrain.c"],
+            depends=["auditor/_native/slots.h"],
+            extra_compile_args=_FLAGS,
+        ),
     ]
 )

@@ -96,3 +96,27 @@ def test_hostile_mutations(tmp_path: Path, name: str, path: Path, ports: set[int
         f = tmp_path / f"m{k}.pcap"
         f.write_bytes(data)
         assert _events(f, ports, True) == _events(f, ports, False), f"mutant {k} of {name}"
+
+
+@dataclasses.dataclass(slots=True)
+class _NotAChunk:
+    a: object = None
+    b: object = None
+
+
+def test_the_c_loops_refuse_slots_that_are_not_chunks() -> None:
+    """Both loops write Chunk fields by slot offset: descriptors of another class, or too few, are an
+    error before anything is written, not a write into the wrong object."""
+    from auditor._pcapwalk import walk
+    from auditor._ringdrain import drain
+
+    good = tcp.CHUNK_SLOTS
+    wrong = (*good[:5], _NotAChunk.__dict__["a"])
+    dirs = (tcp.Direction.TO_SERVER, tcp.Direction.TO_CLIENT)
+    for descrs, err in ((wrong, TypeError), (good[:5], ValueError), ((*good[:5], "conn"), TypeError)):
+        with pytest.raises(err):
+            drain(b"", 0, 0, 0, 0, {}, dirs, 0, descrs, tcp.Chunk, [])
+        with pytest.raises(err):
+            walk(b"", 0, False, 0, 1, -1, 65535, {}, 0, 1, set(), descrs, (1, 2, 3, 4), (1, 2), tcp.Chunk, [])
+    # and the good ones pass the check (an empty buffer: nothing to do)
+    assert drain(b"", 0, 0, 0, 0, {}, dirs, 0, good, tcp.Chunk, [])[1] == 0

@@ -24,6 +24,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "slots.h"
+
 static inline uint32_t rd32(const unsigned char *p, int big) {
     return big ? (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3]
                : (uint32_t)p[3] << 24 | (uint32_t)p[2] << 16 | (uint32_t)p[1] << 8 | p[0];
@@ -58,8 +60,11 @@ static PyObject *walk(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "descriptor tuples: chunk 6, flow 4, conn 2");
         return NULL;
     }
-    PyObject *c_conn = PyTuple_GET_ITEM(cd, 0), *c_dir = PyTuple_GET_ITEM(cd, 1), *c_pos = PyTuple_GET_ITEM(cd, 2),
-             *c_ts = PyTuple_GET_ITEM(cd, 3), *c_data = PyTuple_GET_ITEM(cd, 4), *c_len = PyTuple_GET_ITEM(cd, 5);
+    Py_ssize_t so[6]; /* the Chunk's slots: conn, direction, pos, ts_ns, data, orig_len */
+    if (slot_offsets(cd, 6, chunk_type, so) < 0) {
+        PyBuffer_Release(&buf);
+        return NULL;
+    }
     PyObject *f_conn = PyTuple_GET_ITEM(fd, 0), *f_dir = PyTuple_GET_ITEM(fd, 1), *f_seq = PyTuple_GET_ITEM(fd, 2),
              *f_pos = PyTuple_GET_ITEM(fd, 3);
     PyObject *n_id = PyTuple_GET_ITEM(nd, 0), *n_last = PyTuple_GET_ITEM(nd, 1);
@@ -177,10 +182,10 @@ static PyObject *walk(PyObject *self, PyObject *args) {
             Py_DECREF(conn);
             goto fail;
         }
-        bad = dset(c_conn, c, dget(n_id, conn)) || dset(c_dir, c, dget(f_dir, flow)) ||
-              dset(c_pos, c, PyLong_FromLongLong(pos)) || dset(c_ts, c, PyLong_FromLongLong(ts)) ||
-              dset(c_data, c, PyBytes_FromStringAndSize((const char *)b + p0, n)) ||
-              dset(c_len, c, PyLong_FromSsize_t(n));
+        bad = slot_put(c, so[0], dget(n_id, conn)) || slot_put(c, so[1], dget(f_dir, flow)) ||
+              slot_put(c, so[2], PyLong_FromLongLong(pos)) || slot_put(c, so[3], PyLong_FromLongLong(ts)) ||
+              slot_put(c, so[4], PyBytes_FromStringAndSize((const char *)b + p0, n)) ||
+              slot_put(c, so[5], PyLong_FromSsize_t(n));
         Py_DECREF(conn);
         if (bad || PyList_Append(out, c) < 0) {
             Py_DECREF(c);

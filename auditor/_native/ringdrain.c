@@ -20,6 +20,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "slots.h"
+
 #define BUSY_BIT (1u << 31)
 #define DISCARD_BIT (1u << 30)
 #define LEN_MASK (~(BUSY_BIT | DISCARD_BIT))
@@ -29,12 +31,6 @@
 static inline uint16_t rd16(const char *p) { uint16_t v; memcpy(&v, p, 2); return v; }
 static inline uint32_t rd32(const char *p) { uint32_t v; memcpy(&v, p, 4); return v; }
 static inline uint64_t rd64(const char *p) { uint64_t v; memcpy(&v, p, 8); return v; }
-
-static int set(PyObject *descr, PyObject *obj, PyObject *v) {
-    int r = Py_TYPE(descr)->tp_descr_set(descr, obj, v);
-    Py_DECREF(v);
-    return r;
-}
 
 static PyObject *drain(PyObject *self, PyObject *args) {
     Py_buffer buf;
@@ -47,17 +43,11 @@ static PyObject *drain(PyObject *self, PyObject *args) {
                           &PyTuple_Type, &dirs, &clock, &PyTuple_Type, &descrs, &PyType_Type, &chunk_type,
                           &PyList_Type, &out))
         return NULL;
-    if (PyTuple_GET_SIZE(descrs) != 6 || PyTuple_GET_SIZE(dirs) != 2) {
+    Py_ssize_t so[6];
+    if (PyTuple_GET_SIZE(dirs) != 2 || slot_offsets(descrs, 6, chunk_type, so) < 0) {
         PyBuffer_Release(&buf);
-        PyErr_SetString(PyExc_ValueError, "descrs: 6 slot descriptors; dirs: 2 directions");
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "dirs: 2 directions");
         return NULL;
-    }
-    for (int k = 0; k < 6; k++) {
-        if (!Py_TYPE(PyTuple_GET_ITEM(descrs, k))->tp_descr_set) {
-            PyBuffer_Release(&buf);
-            PyErr_SetString(PyExc_TypeError, "descrs must be slot descriptors");
-            return NULL;
-        }
     }
     const char *data = buf.buf;
     Py_ssize_t size = buf.len;
@@ -105,11 +95,11 @@ static PyObject *drain(PyObject *self, PyObject *args) {
         Py_INCREF(name);
         PyObject *dir = PyTuple_GET_ITEM(dirs, d);
         Py_INCREF(dir);
-        if (set(PyTuple_GET_ITEM(descrs, 0), c, name) < 0 || set(PyTuple_GET_ITEM(descrs, 1), c, dir) < 0 ||
-            set(PyTuple_GET_ITEM(descrs, 2), c, PyLong_FromUnsignedLongLong(rd64(r + 32))) < 0 ||
-            set(PyTuple_GET_ITEM(descrs, 3), c, PyLong_FromLongLong((long long)rd64(r + 24) + clock)) < 0 ||
-            set(PyTuple_GET_ITEM(descrs, 4), c, PyBytes_FromStringAndSize(r + DATA_AT, ln)) < 0 ||
-            set(PyTuple_GET_ITEM(descrs, 5), c, PyLong_FromUnsignedLong(orig)) < 0) {
+        if (slot_put(c, so[0], name) < 0 || slot_put(c, so[1], dir) < 0 ||
+            slot_put(c, so[2], PyLong_FromUnsignedLongLong(rd64(r + 32))) < 0 ||
+            slot_put(c, so[3], PyLong_FromLongLong((long long)rd64(r + 24) + clock)) < 0 ||
+            slot_put(c, so[4], PyBytes_FromStringAndSize(r + DATA_AT, ln)) < 0 ||
+            slot_put(c, so[5], PyLong_FromUnsignedLong(orig)) < 0) {
             Py_DECREF(c);
             goto fail;
         }
