@@ -70,6 +70,11 @@ MAX_ROW_ARGS = 1000
 MAX_ERROR_CHARS = 512
 # Rows buffered before a Parquet file is written (bounds memory).
 SINK_ROWS_PER_FILE = 200_000
+# Rows kept as Python objects before the sink encodes them to an Arrow batch
+# (the file is written from the batches). Holding all SINK_ROWS_PER_FILE rows as
+# Python objects took ~280 MB per 200k rows and ~1 µs a row of page faults as the
+# allocator gave memory back and took it again; batches of this size: ~110 MB.
+SINK_BATCH_ROWS = 16_384
 # Seconds between file flushes in live modes, so a crash loses little.
 SINK_FLUSH_SECONDS = 10.0
 
@@ -199,7 +204,7 @@ LANE_MAX_PENDING_BYTES = 256 * 1024 * 1024  # request frames kept for their repl
 
 # CPython's cyclic GC: a young-generation pass every GC_THRESHOLD allocations
 # instead of 700. Replay and live capture allocate a few objects per packet
-# and keep up to SINK_ROWS_PER_FILE rows (with their lists) alive; with the
+# and used to keep up to SINK_ROWS_PER_FILE rows (with their lists) alive; with the
 # default thresholds the collector re-walked them about a million times per
 # replay, ~40% of its CPU. Cycles are still collected (rare here: the stages
 # build none).

@@ -184,7 +184,9 @@ class ParquetSink:
         self.host = host if host is not None else socket.gethostname()
         self.rows_per_file = rows_per_file
         self.stats = SinkStats()
-        self._rows: list[Row] = []
+        self._rows: list[Row] = []  # not yet encoded (fewer than SINK_BATCH_ROWS)
+        self._tables: dict[int, list[pa.Table]] = {}  # day -> encoded batches not yet written
+        self._buffered = 0  # rows in both
         self._days: dict[int, str] = {}
         self._run = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{os.getpid()}"
         self._n = 0
@@ -192,35 +194,49 @@ class ParquetSink:
         self._manifest = manifest
         self.unrecorded: list[tuple[str, str, int, int]] = []
 
+    @property
+    def buffered(self) -> int:
+        """Rows taken and not yet in a file."""
+        return self._buffered
+
     def write(self, row: Row) -> None:
-        self._rows.append(row)
-        if len(self._rows) >= self.rows_per_file:
-            self.flush()
+        self.write_many([row])
 
     def write_many(self, rows: list[Row]) -> None:
         self._rows.extend(rows)
-        if len(self._rows) >= self.rows_per_file:
+        self._buffered += len(rows)
+        if self._buffered >= self.rows_per_file:
             self.flush()
+        elif len(self._rows) >= limits.SINK_BATCH_ROWS:
+            self._encode()
 
     def maybe_flush(self, every_s: float = limits.SINK_FLUSH_SECONDS) -> None:
         """Live modes: bound how much a crash could lose."""
-        if self._rows and time.monotonic() - self._last_flush >= every_s:
+        if self._buffered and time.monotonic() - self._last_flush >= every_s:
             self.flush()
 
-    def flush(self) -> None:
-        self._last_flush = time.monotonic()
-        if not self._rows:
-            return
+    def _encode(self) -> None:
+        """The rows taken so far as Arrow batches, by UTC date: a row lives briefly as Python objects
+        (which the allocator then reuses while they are still in cache), and compactly until its file."""
         rows, self._rows = self._rows, []
         first, last = _day_range(rows)
-        if first == last:  # the usual case: one file
-            self._write_file(self._day(first), rows)
+        if first == last:  # the usual case
+            self._tables.setdefault(first, []).append(self._table(rows))
             return
         by_day: dict[int, list[Row]] = {}
         for r in rows:
             by_day.setdefault(r[0] // _DAY_NS, []).append(r)
-        for day, part in sorted(by_day.items()):
-            self._write_file(self._day(day), part)
+        for day, part in by_day.items():
+            self._tables.setdefault(day, []).append(self._table(part))
+
+    def flush(self) -> None:
+        self._last_flush = time.monotonic()
+        if self._rows:
+            self._encode()
+        tables, self._tables = self._tables, {}
+        self._buffered = 0
+        for day, parts in sorted(tables.items()):  # one file per date
+            self._write_file(self._day(day), parts[0] if len(parts) == 1 else pa.concat_tables(parts))
 
     def _day(self, day: int) -> str:
         name = self._days.get(day)
@@ -246,14 +262,14 @@ class ParquetSink:
         ]
         return pa.Table.from_arrays(arrays, schema=SCHEMA)
 
-    def _write_file(self, day: str, rows: list[Row]) -> None:
+    def _write_file(self, day: str, table: pa.Table) -> None:
         self._n += 1
         part_dir = self.out / f"date={day}"
         part_dir.mkdir(exist_ok=True)
         name = f"part-{self._run}-{self._n:05d}.parquet"
         buf = io.BytesIO()
         pq.write_table(
-            self._table(rows),
+            table,
             buf,
             compression="zstd",
             compression_level=1,
@@ -268,12 +284,12 @@ class ParquetSink:
             os.fsync(f.fileno())
         os.replace(tmp, part_dir / name)
         _fsync_dir(part_dir)
-        entry = (f"date={day}/{name}", hashlib.sha256(data).hexdigest(), len(data), len(rows))
+        entry = (f"date={day}/{name}", hashlib.sha256(data).hexdigest(), len(data), table.num_rows)
         if self._manifest:
             self.record(*entry)
         else:
             self.unrecorded.append(entry)
-        self.stats.rows += len(rows)
+        self.stats.rows += table.num_rows
         self.stats.files += 1
         self.stats.bytes += len(data)
 
