@@ -204,8 +204,8 @@ LANE_MAX_PENDING_BYTES = 256 * 1024 * 1024  # request frames kept for their repl
 
 # CPython's cyclic GC: a young-generation pass every GC_THRESHOLD allocations
 # instead of 700. Replay and live capture allocate a few objects per packet
-# and used to keep up to SINK_ROWS_PER_FILE rows (with their lists) alive; with the
-# default thresholds the collector re-walked them about a million times per
-# replay, ~40% of its CPU. Cycles are still collected (rare here: the stages
-# build none).
+# and keep rows alive until the sink encodes them (SINK_BATCH_ROWS; the fast
+# lane's rows are not tracked at all); with the default thresholds the
+# collector re-walked them about a million times per replay, ~40% of its CPU.
+# Cycles are still collected (rare here: the stages build none).
 GC_THRESHOLD = (200_000, 20, 100)
