@@ -834,7 +834,7 @@ static int render(Config *c, PyObject **plan_io, const char *s, Py_ssize_t *off,
         PyList_SET_ITEM(out, k, t);
     }
     /* Only strings in them, and never changed after: no cycle can pass through them, so the cyclic GC
-     * need not walk them (the sink keeps up to SINK_ROWS_PER_FILE rows alive; see make_row). */
+     * need not walk them (the sink holds rows until it encodes them; see make_row). */
     PyObject_GC_UnTrack(keys);
     PyObject_GC_UnTrack(out);
     *keys_out = keys;

@@ -13,7 +13,8 @@
 #include <Python.h>
 #include <structmember.h>
 
-/* offsets of n member descriptors of `type`; -1 (TypeError set) if one is not a writable object slot of it */
+/* offsets of the n member descriptors of `type` in the tuple descrs; -1 with ValueError (not n of them) or
+ * TypeError (one is not a writable object slot of `type`) */
 static int slot_offsets(PyObject *descrs, Py_ssize_t n, PyTypeObject *type, Py_ssize_t *off) {
     if (!PyTuple_Check(descrs) || PyTuple_GET_SIZE(descrs) != n) {
         PyErr_Format(PyExc_ValueError, "expected %zd slot descriptors", n);
