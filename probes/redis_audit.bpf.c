@@ -203,37 +203,6 @@ static __always_inline int is_target(__u32 tgid)
  * Data: at sys_exit, copy ret bytes of the syscall's buffer.
  * ------------------------------------------------------------------------ */
 
-/* A record of this connection and direction was refused: its bytes become
- * the hole the next delivered record reports. */
-static __always_inline void lost(struct ra_sock *s, __u8 dir, __u32 orig_len)
-{
-	s->lost_events[dir & 1] += 1;
-	s->lost_bytes[dir & 1] += orig_len;
-	count(RA_CNT_LOST_DATA, 1);
-	count(RA_CNT_LOST_BYTES, orig_len);
-}
-
-/* A delivered record carried these losses: they are reported. */
-static __always_inline void reported(struct ra_sock *s, __u8 dir, __u32 lost_events, __u64 lost_bytes)
-{
-	s->lost_events[dir & 1] -= lost_events;
-	s->lost_bytes[dir & 1] -= lost_bytes;
-}
-
-static __always_inline void data_hdr(struct ra_data_hdr *h, struct ra_sock *s, __u8 dir, __u32 len, __u64 pos,
-					 __u32 orig_len, __u32 lost_events, __u64 lost_bytes)
-{
-	h->type = RA_DATA;
-	h->dir = dir;
-	h->len = len;
-	h->cid = s->cid;
-	h->ts = bpf_ktime_get_ns();
-	h->pos = pos;
-	h->orig_len = orig_len;
-	h->lost_events = lost_events;
-	h->lost_bytes = lost_bytes;
-}
-
 /* Emit the n bytes at ubuf (n = true length; at most `limit` of them are
  * copied, in up to `pieces` records of RA_PIECE_BYTES). Both are constants
  * at each call site: the verifier walks every iteration of every call. */
@@ -261,13 +230,25 @@ static __always_inline void emit(struct ra_sock *s, __u8 dir, __u64 ubuf, __u64 
 			len = RA_PIECE_BYTES;
 		if (len && bpf_probe_read_user(e->data, len, (void *)(ubuf + off)))
 			len = 0; /* unreadable: the length only, a gap */
+		e->hdr.type = RA_DATA;
+		e->hdr.dir = dir;
+		e->hdr.len = len;
+		e->hdr.cid = s->cid;
+		e->hdr.ts = bpf_ktime_get_ns();
+		e->hdr.pos = pos + off;
 		/* the last piece also carries the length that was not copied */
-		data_hdr(&e->hdr, s, dir, len, pos + off, off + RA_PIECE_BYTES >= cap ? n - off : RA_PIECE_BYTES,
-			 lost_events, lost_bytes);
-		if (events.ringbuf_output(e, sizeof(e->hdr) + len, 0))
-			lost(s, dir, e->hdr.orig_len);
-		else if (lost_events)
-			reported(s, dir, lost_events, lost_bytes);
+		e->hdr.orig_len = off + RA_PIECE_BYTES >= cap ? n - off : RA_PIECE_BYTES;
+		e->hdr.lost_events = lost_events;
+		e->hdr.lost_bytes = lost_bytes;
+		if (events.ringbuf_output(e, sizeof(e->hdr) + len, 0)) {
+			s->lost_events[dir] += 1;
+			s->lost_bytes[dir] += e->hdr.orig_len;
+			count(RA_CNT_LOST_DATA, 1);
+			count(RA_CNT_LOST_BYTES, e->hdr.orig_len);
+		} else if (lost_events) {
+			s->lost_events[dir] -= lost_events;
+			s->lost_bytes[dir] -= lost_bytes;
+		}
 	}
 }
 
