@@ -81,7 +81,7 @@ _TS = operator.itemgetter(0)
 
 
 def _day_range(rows: list[Row]) -> tuple[int, int]:
-    """The first and last day (days since 1970, UTC) of the rows' times (C-speed passes: ~30 ns a row)."""
+    """The first and last day (days since 1970, UTC) of the rows' times (C-speed passes: ~55 ns a row)."""
     ts = list(map(_TS, rows))
     return min(ts) // _DAY_NS, max(ts) // _DAY_NS
 

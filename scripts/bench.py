@@ -222,17 +222,16 @@ def _summary(runs: list[dict]) -> dict:
     return out
 
 
-def wait_rusage(pid: int, escalate: tuple[int, ...], every_s: float = 10.0) -> tuple[int, resource.struct_rusage]:
-    """wait4() for pid, sending the next signal of `escalate` every `every_s` seconds it has not exited."""
-    signals = list(escalate)
-    deadline = time.monotonic() + every_s
+def wait_rusage(pid: int, kill_after_s: float = 10.0) -> tuple[int, resource.struct_rusage]:
+    """wait4() for pid; SIGKILL if it has not exited after `kill_after_s`."""
+    deadline = time.monotonic() + kill_after_s
     while True:
         wpid, status, usage = os.wait4(pid, os.WNOHANG)
         if wpid:
             return status, usage
-        if time.monotonic() > deadline and signals:
-            os.kill(pid, signals.pop(0))
-            deadline = time.monotonic() + every_s
+        if deadline and time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            deadline = 0.0
         time.sleep(0.05)
 
 
@@ -273,7 +272,7 @@ def one_overhead_run(mode: str, pipeline: int, n: int, workdir: Path) -> dict:
             aux.send_signal(signal.SIGTERM if mode == "monitor" else signal.SIGINT)
             t_stop = time.monotonic()
             out = aux.stdout.read() if aux.stdout is not None else ""
-            status, usage = wait_rusage(aux.pid, (signal.SIGKILL,))
+            status, usage = wait_rusage(aux.pid)
             aux.returncode = os.waitstatus_to_exitcode(status)
             res["catch_up_s"] = time.monotonic() - t_stop
             res["auditor_cpu_us"] = ((usage.ru_utime + usage.ru_stime) - acpu0) * 1e6 / cmds
