@@ -11,7 +11,12 @@ _FLAGS = ["-O2", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-
 setup(
     ext_modules=[
         Extension("auditor._colenc", ["auditor/_native/colenc.c"], extra_compile_args=_FLAGS),
-        Extension("auditor._lane", ["auditor/_native/lane.c"], extra_compile_args=_FLAGS),
+        Extension(
+            "auditor._lane",
+            ["auditor/_native/lane.c"],
+            depends=["auditor/_native/lanefeed.h", "auditor/_native/slots.h"],
+            extra_compile_args=_FLAGS,
+        ),
         Extension(
             "auditor._pcapwalk",
             ["auditor/_native/pcapwalk.c"],
@@ -21,7 +26,7 @@ setup(
         Extension(
             "auditor._ringdrain",
             ["auditor/_native/ringdrain.c"],
-            depends=["auditor/_native/slots.h"],
+            depends=["auditor/_native/lanefeed.h", "auditor/_native/slots.h"],
             extra_compile_args=_FLAGS,
         ),
     ]

@@ -33,7 +33,7 @@ from auditor.redact import (
 )
 from auditor.resp_request import parse_request
 from auditor.session import SPECIAL, Session
-from auditor.types import Event, Exchange, Request, RespType, Row, Status
+from auditor.types import Chunk, Direction, Event, Exchange, Request, RespType, Row, Status
 
 try:
     from auditor import _lane
@@ -156,6 +156,26 @@ def make_config(redactor: Redactor) -> Any:
         reply_keep=limits.MAX_REPLY_KEEP,
         max_pending_bytes=MAX_PENDING_BYTES,
         max_line=limits.MAX_LINE_LEN,
+    )
+
+
+_CHUNK_FIELDS = ("conn", "direction", "pos", "ts_ns", "data", "orig_len")
+
+
+def new_feeder(conns: dict[str, Any], conn_type: type, stream_type: type) -> Any:
+    """The pipeline's hot path in C (``_lane.Feeder``): it reads the pipeline's
+    connections (``conns``: name -> ``conn_type``, with the slots fast, lane,
+    req_stream and rep_stream) and their streams (slots expected and _segs)."""
+    return _lane.Feeder(
+        conns=conns,
+        conn_type=conn_type,
+        conn_slots=tuple(conn_type.__dict__[f] for f in ("fast", "lane", "req_stream", "rep_stream")),
+        stream_type=stream_type,
+        stream_slots=(stream_type.__dict__["expected"], stream_type.__dict__["_segs"]),
+        chunk_type=Chunk,
+        chunk_slots=tuple(Chunk.__dict__[f] for f in _CHUNK_FIELDS),
+        to_server=Direction.TO_SERVER,
+        to_client=Direction.TO_CLIENT,
     )
 
 

@@ -45,20 +45,35 @@ def _redactor(keys: KeysPolicy) -> Redactor:
     return Redactor(keys, HMAC_KEY if keys is KeysPolicy.HASH else None)
 
 
-def _run(events: Iterable[SourceEvent], fast: bool, keys: KeysPolicy, end_ts: int | None = None) -> tuple:
-    """(rows, totals, commands the lane rendered, lane_stats) of one replay."""
+def _run(
+    events: Iterable[SourceEvent], fast: bool, keys: KeysPolicy, end_ts: int | None = None, feeder: bool = True
+) -> tuple:
+    """(rows, totals, commands the lane rendered, lane_stats) of one replay. With the lane and
+    ``feeder``, events go in batches of 16 (the C feeder takes runs of them); without the feeder,
+    one by one through the pipeline's own Python loop."""
     rows: list[Row] = []
     p = Pipeline(_redactor(keys), rows.extend, Source.PCAP, fast=fast)
     p.tally = True  # (totals by command and user, as the live view has them)
+    if fast:
+        assert p.feeder is not None
+        if not feeder:
+            p.feeder = None
     cfg = p._lane_cfg
     last = lane_commands = 0
+    batch: list[SourceEvent] = []
     for i, ev in enumerate(events):
-        p.feed(ev)
+        if p.feeder is None:
+            p.feed(ev)
+        else:
+            batch.append(ev)
         last = ev.ts_ns
         if i % 16 == 15:
+            p.feed_many(batch)
+            batch.clear()
             # as the live loop does now and then (``totals`` folds the lane's counters into its own)
             lane_commands += cfg.commands if fast else 0
             p.flush()
+    p.feed_many(batch)
     lane_commands += cfg.commands if fast else 0
     p.close(last if end_ts is None else end_ts)
     totals = p.totals
@@ -80,6 +95,9 @@ def _assert_same(events: list[SourceEvent], keys: KeysPolicy, end_ts: int | None
     assert none is None and stats is not None
     assert pure == fast, _first_difference(pure, fast)
     assert pure_totals == fast_totals
+    loop, loop_totals, loop_commands, _ = _run(events, True, keys, end_ts, feeder=False)
+    assert pure == loop, "without the feeder: " + _first_difference(pure, loop)
+    assert (loop_totals, loop_commands) == (fast_totals, lane_commands)
     return fast_totals, lane_commands
 
 

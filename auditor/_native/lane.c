@@ -23,6 +23,9 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "lanefeed.h"
+#include "slots.h"
+
 #define NPLAN 34          /* plans by argument count 0..32; index 33: more arguments */
 #define BIG_ARGC 33
 #define MAX_DIGITS 10     /* header numbers the lane accepts (Python accepts up to 20) */
@@ -885,17 +888,9 @@ static int pend_push(Lane *l, Pend *e) {
 
 /* requests(data, ts) -> None (all taken) | [(ts, bytes), ...] (the rest, from
  * the first frame the lane does not take: the caller feeds it to Python) */
-static PyObject *Lane_requests(Lane *l, PyObject *const *argv, Py_ssize_t argn) {
-    if (argn != 2 || !PyBytes_Check(argv[0])) {
-        PyErr_SetString(PyExc_TypeError, "requests(data: bytes, ts_ns: int)");
-        return NULL;
-    }
-    long long ts = PyLong_AsLongLong(argv[1]);
-    if (ts == -1 && PyErr_Occurred()) return NULL;
+static PyObject *lane_requests(Lane *l, const char *data, Py_ssize_t n, long long ts) {
     Config *c = l->cfg;
-    const char *data = PyBytes_AS_STRING(argv[0]);
-    Py_ssize_t n = PyBytes_GET_SIZE(argv[0]);
-    if (!l->accepting) return Py_BuildValue("[(LO)]", ts, argv[0]);
+    if (!l->accepting) return Py_BuildValue("[(Ly#)]", ts, data, n);
     const char *s;
     Py_ssize_t end;
     if (hold_join(&l->q, data, n, ts, &s, &end) < 0) return NULL;
@@ -969,6 +964,17 @@ static PyObject *Lane_requests(Lane *l, PyObject *const *argv, Py_ssize_t argn) 
         pos += fend;
     }
     return result;
+}
+
+static PyObject *Lane_requests(Lane *l, PyObject *const *argv, Py_ssize_t argn) {
+    if (argn != 2 || !PyBytes_Check(argv[0])) {
+        PyErr_SetString(PyExc_TypeError, "requests(data: bytes, ts_ns: int)");
+        return NULL;
+    }
+    long long ts = PyLong_AsLongLong(argv[1]);
+    if (ts == -1 && PyErr_Occurred()) return NULL;
+    if (!l->accepting) return Py_BuildValue("[(LO)]", ts, argv[0]);
+    return lane_requests(l, PyBytes_AS_STRING(argv[0]), PyBytes_GET_SIZE(argv[0]), ts);
 }
 
 /* the row of the head request and this reply (new reference) */
@@ -1047,16 +1053,8 @@ fail:
 /* replies(data, ts) -> None (all taken) | [(ts, bytes), ...] (bytes after the
  * last pending request's reply: for Python) | False (the lane cannot go on:
  * call surrender(), which returns these bytes too) */
-static PyObject *Lane_replies(Lane *l, PyObject *const *argv, Py_ssize_t argn) {
-    if (argn != 2 || !PyBytes_Check(argv[0])) {
-        PyErr_SetString(PyExc_TypeError, "replies(data: bytes, ts_ns: int)");
-        return NULL;
-    }
-    long long ts = PyLong_AsLongLong(argv[1]);
-    if (ts == -1 && PyErr_Occurred()) return NULL;
+static PyObject *lane_replies(Lane *l, const char *data, Py_ssize_t n, long long ts) {
     Config *c = l->cfg;
-    const char *data = PyBytes_AS_STRING(argv[0]);
-    Py_ssize_t n = PyBytes_GET_SIZE(argv[0]);
     const char *s;
     Py_ssize_t end;
     if (hold_join(&l->p, data, n, ts, &s, &end) < 0) return NULL;
@@ -1106,6 +1104,16 @@ static PyObject *Lane_replies(Lane *l, PyObject *const *argv, Py_ssize_t argn) {
         l->rep_consumed += fend;
         pos += fend;
     }
+}
+
+static PyObject *Lane_replies(Lane *l, PyObject *const *argv, Py_ssize_t argn) {
+    if (argn != 2 || !PyBytes_Check(argv[0])) {
+        PyErr_SetString(PyExc_TypeError, "replies(data: bytes, ts_ns: int)");
+        return NULL;
+    }
+    long long ts = PyLong_AsLongLong(argv[1]);
+    if (ts == -1 && PyErr_Occurred()) return NULL;
+    return lane_replies(l, PyBytes_AS_STRING(argv[0]), PyBytes_GET_SIZE(argv[0]), ts);
 }
 
 /* release_requests() -> [(ts, bytes)]: the request bytes held (an unfinished
@@ -1200,15 +1208,173 @@ static PyTypeObject LaneType = {
     .tp_members = Lane_members,
 };
 
+/* ------------------------------------------------------------------ feeder */
+
+/* The hot path of Pipeline.feed_many in C: a read or write of a connection in its lane, whole and next in
+ * its stream, goes straight to the lane; everything else goes back to Python, untouched. The feeder reads the
+ * pipeline's own objects (its connections dict, their _Conn and Stream slots) by offset, so Python and C see
+ * one state. Used on Chunk lists (Feeder.feed) and, through the capsule, on ring records (ringdrain.c). */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *conns;   /* dict: connection name -> pipeline _Conn */
+    PyTypeObject *conn_type, *stream_type, *chunk_type;
+    PyObject *to_server, *to_client;
+    Py_ssize_t c_fast, c_lane, c_req, c_rep; /* _Conn slots */
+    Py_ssize_t s_expected, s_segs;           /* Stream slots */
+    Py_ssize_t k[6];                         /* Chunk slots: conn, direction, pos, ts_ns, data, orig_len */
+} Feeder;
+
+#define SLOT(o, off) (*(PyObject **)((char *)(o) + (off)))
+
+static void Feeder_dealloc(Feeder *f) {
+    Py_XDECREF(f->conns);
+    Py_XDECREF(f->conn_type);
+    Py_XDECREF(f->stream_type);
+    Py_XDECREF(f->chunk_type);
+    Py_XDECREF(f->to_server);
+    Py_XDECREF(f->to_client);
+    Py_TYPE(f)->tp_free((PyObject *)f);
+}
+
+static int Feeder_init(Feeder *f, PyObject *args, PyObject *kw) {
+    static char *names[] = {"conns",      "conn_type",  "conn_slots", "stream_type", "stream_slots",
+                            "chunk_type", "chunk_slots", "to_server", "to_client",   NULL};
+    PyObject *conns, *cslots, *sslots, *kslots, *ts, *tc;
+    PyTypeObject *ct, *st, *kt;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!O!OO!OO!OOO", names, &PyDict_Type, &conns, &PyType_Type, &ct,
+                                     &cslots, &PyType_Type, &st, &sslots, &PyType_Type, &kt, &kslots, &ts, &tc))
+        return -1;
+    Py_ssize_t co[4], so[2];
+    if (slot_offsets(cslots, 4, ct, co) < 0 || slot_offsets(sslots, 2, st, so) < 0 ||
+        slot_offsets(kslots, 6, kt, f->k) < 0)
+        return -1;
+    f->c_fast = co[0], f->c_lane = co[1], f->c_req = co[2], f->c_rep = co[3];
+    f->s_expected = so[0], f->s_segs = so[1];
+    Py_INCREF(conns);
+    Py_XSETREF(f->conns, conns);
+    Py_INCREF(ct);
+    Py_XSETREF(f->conn_type, ct);
+    Py_INCREF(st);
+    Py_XSETREF(f->stream_type, st);
+    Py_INCREF(kt);
+    Py_XSETREF(f->chunk_type, kt);
+    Py_INCREF(ts);
+    Py_XSETREF(f->to_server, ts);
+    Py_INCREF(tc);
+    Py_XSETREF(f->to_client, tc);
+    return 0;
+}
+
+/* see lanefeed.h; *hot = (conn, to_client, what the lane returned) */
+static int feeder_data(PyObject *self, PyObject *name, int to_client, long long pos, long long ts,
+                       const char *data, Py_ssize_t n, long long orig, PyObject **hot) {
+    Feeder *f = (Feeder *)self;
+    PyObject *c = PyDict_GetItemWithError(f->conns, name);
+    if (!c) return PyErr_Occurred() ? -1 : 0;
+    if (Py_TYPE(c) != f->conn_type || SLOT(c, f->c_fast) != Py_True || orig > n) return 0;
+    PyObject *lane = SLOT(c, f->c_lane);
+    PyObject *st = SLOT(c, to_client ? f->c_rep : f->c_req);
+    if (!lane || Py_TYPE(lane) != &LaneType || !st || Py_TYPE(st) != f->stream_type) return 0;
+    Lane *l = (Lane *)lane;
+    if (to_client && !l->pcount && !l->p.len) return 0; /* a reply no request in the lane waits for */
+    PyObject *exp = SLOT(st, f->s_expected), *segs = SLOT(st, f->s_segs);
+    if (!exp || !PyLong_CheckExact(exp) || !segs || !PyList_CheckExact(segs) || PyList_GET_SIZE(segs)) return 0;
+    int overflow;
+    long long e = PyLong_AsLongLongAndOverflow(exp, &overflow);
+    if (e == -1 && PyErr_Occurred()) return -1;
+    if (overflow || e != pos) return 0;
+    PyObject *next = PyLong_FromLongLong(pos + n);
+    if (!next) return -1;
+    Py_SETREF(SLOT(st, f->s_expected), next);
+    if (!n) return 1;
+    Py_INCREF(c); /* (the lane may call back into Python: plans, the renderer) */
+    PyObject *r = to_client ? lane_replies(l, data, n, ts) : lane_requests(l, data, n, ts);
+    int ret = r == Py_None ? 1 : 2;
+    if (!r)
+        ret = -1;
+    else if (r == Py_None)
+        Py_DECREF(r);
+    else if (!(*hot = Py_BuildValue("(OiN)", c, to_client, r)))
+        ret = -1;
+    Py_DECREF(c);
+    return ret;
+}
+
+/* feed(events, start) -> (index, hot): takes events[start:] while they are Chunks for the lane; index: the
+ * first one it did not take (for Python); hot: None, or (conn, to_client, result) of the last one taken,
+ * which Python finishes (Pipeline._hot) before calling again from index. */
+static PyObject *Feeder_feed(Feeder *f, PyObject *const *argv, Py_ssize_t argn) {
+    if (argn != 2 || !PyList_CheckExact(argv[0])) {
+        PyErr_SetString(PyExc_TypeError, "feed(events: list, start: int)");
+        return NULL;
+    }
+    PyObject *events = argv[0];
+    Py_ssize_t i = PyLong_AsSsize_t(argv[1]);
+    if (i == -1 && PyErr_Occurred()) return NULL;
+    PyObject *hot = NULL;
+    for (; i < PyList_GET_SIZE(events); i++) {
+        PyObject *ev = PyList_GET_ITEM(events, i);
+        if (Py_TYPE(ev) != f->chunk_type) break;
+        PyObject *name = SLOT(ev, f->k[0]), *dir = SLOT(ev, f->k[1]), *pos = SLOT(ev, f->k[2]);
+        PyObject *ts = SLOT(ev, f->k[3]), *data = SLOT(ev, f->k[4]), *orig = SLOT(ev, f->k[5]);
+        if (!name || !pos || !ts || !data || !orig || !PyBytes_CheckExact(data) || !PyLong_CheckExact(pos) ||
+            !PyLong_CheckExact(ts) || !PyLong_CheckExact(orig) || (dir != f->to_server && dir != f->to_client))
+            break;
+        int overflow;
+        long long p = PyLong_AsLongLongAndOverflow(pos, &overflow);
+        if (overflow) break;
+        long long t = PyLong_AsLongLongAndOverflow(ts, &overflow);
+        if (overflow) break;
+        long long o = PyLong_AsLongLongAndOverflow(orig, &overflow);
+        if (overflow) break;
+        if (PyErr_Occurred()) return NULL;
+        int r = feeder_data((PyObject *)f, name, dir == f->to_client, p, t, PyBytes_AS_STRING(data),
+                            PyBytes_GET_SIZE(data), o, &hot);
+        if (r < 0) return NULL;
+        if (!r) break;
+        if (r == 2) {
+            i++;
+            break;
+        }
+    }
+    if (!hot) {
+        hot = Py_None;
+        Py_INCREF(hot);
+    }
+    return Py_BuildValue("(nN)", i, hot);
+}
+
+static PyMethodDef Feeder_methods[] = {
+    {"feed", (PyCFunction)(void (*)(void))Feeder_feed, METH_FASTCALL,
+     "feed(events, start) -> (index, hot): Chunks for connections in their lane"},
+    {NULL}};
+
+static PyTypeObject FeederType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "auditor._lane.Feeder",
+    .tp_basicsize = sizeof(Feeder),
+    .tp_dealloc = (destructor)Feeder_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "The hot path of Pipeline.feed_many.",
+    .tp_init = (initproc)Feeder_init,
+    .tp_new = PyType_GenericNew,
+    .tp_methods = Feeder_methods,
+};
+
+static LaneFeedAPI feed_api = {&FeederType, feeder_data};
+
 static struct PyModuleDef lanemodule = {PyModuleDef_HEAD_INIT, "auditor._lane", "Per-connection fast lane.", -1, NULL};
 
 PyMODINIT_FUNC PyInit__lane(void) {
-    if (PyType_Ready(&ConfigType) < 0 || PyType_Ready(&LaneType) < 0) return NULL;
+    if (PyType_Ready(&ConfigType) < 0 || PyType_Ready(&LaneType) < 0 || PyType_Ready(&FeederType) < 0) return NULL;
     PyObject *m = PyModule_Create(&lanemodule);
     if (!m) return NULL;
     Py_INCREF(&ConfigType);
     if (PyModule_AddObject(m, "Config", (PyObject *)&ConfigType) < 0) return NULL;
     Py_INCREF(&LaneType);
     if (PyModule_AddObject(m, "Lane", (PyObject *)&LaneType) < 0) return NULL;
+    Py_INCREF(&FeederType);
+    if (PyModule_AddObject(m, "Feeder", (PyObject *)&FeederType) < 0) return NULL;
+    if (PyModule_AddObject(m, "_feed_api", PyCapsule_New(&feed_api, LANEFEED_CAPSULE, NULL)) < 0) return NULL;
     return m;
 }

@@ -1,8 +1,8 @@
 /* auditor._ringdrain: the eBPF source's record loop for data records (see
  * auditor/sources/ebpf.py, EbpfSource._drain, which does the same in Python).
  *
- * drain(buf, base, mask, cons, end, names, dirs, clock, descrs, chunk_type, out)
- *   -> (cons, records, why)
+ * drain(buf, base, mask, cons, end, names, dirs, clock, descrs, chunk_type, out, feeder)
+ *   -> (cons, records, why, hot)
  *
  * Walks ring records from position ``cons`` while they are submitted data
  * records of a known, named connection with no loss attached, appending one
@@ -10,6 +10,14 @@
  * being written (1), or at a record Python must handle (2: control record,
  * unknown or filtered connection, loss counters): its position is returned
  * and Python handles that one record the usual way.
+ *
+ * ``feeder`` (an auditor._lane.Feeder, or None): while ``out`` is empty (so
+ * that events stay in order), a record the pipeline would give to its
+ * connection's lane goes straight from the ring to the lane (lanefeed.h):
+ * no Chunk, no bytes object. Stops with why 3 when Python must act before
+ * the next record: the lane gave bytes back (``hot``: what Pipeline.hot
+ * finishes), or a record became a Chunk (``hot`` None: the pipeline takes
+ * ``out`` first).
  *
  * Record layout (probes/redis_audit.h, struct.Struct("<IIHHIQQQIIQ")): ring
  * header u32 len (BUSY/DISCARD bits), u32 pad; u16 type, u16 dir, u32 len,
@@ -20,6 +28,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "lanefeed.h"
 #include "slots.h"
 
 #define BUSY_BIT (1u << 31)
@@ -32,16 +41,18 @@ static inline uint16_t rd16(const char *p) { uint16_t v; memcpy(&v, p, 2); retur
 static inline uint32_t rd32(const char *p) { uint32_t v; memcpy(&v, p, 4); return v; }
 static inline uint64_t rd64(const char *p) { uint64_t v; memcpy(&v, p, 8); return v; }
 
+static const LaneFeedAPI *feed_api;
+
 static PyObject *drain(PyObject *self, PyObject *args) {
     Py_buffer buf;
     Py_ssize_t base;
     unsigned long long mask, cons, end;
     long long clock;
-    PyObject *names, *dirs, *descrs, *out;
+    PyObject *names, *dirs, *descrs, *out, *feeder = Py_None;
     PyTypeObject *chunk_type;
-    if (!PyArg_ParseTuple(args, "y*nKKKO!O!LO!O!O!", &buf, &base, &mask, &cons, &end, &PyDict_Type, &names,
+    if (!PyArg_ParseTuple(args, "y*nKKKO!O!LO!O!O!|O", &buf, &base, &mask, &cons, &end, &PyDict_Type, &names,
                           &PyTuple_Type, &dirs, &clock, &PyTuple_Type, &descrs, &PyType_Type, &chunk_type,
-                          &PyList_Type, &out))
+                          &PyList_Type, &out, &feeder))
         return NULL;
     Py_ssize_t so[6];
     if (PyTuple_GET_SIZE(dirs) != 2 || slot_offsets(descrs, 6, chunk_type, so) < 0) {
@@ -49,11 +60,19 @@ static PyObject *drain(PyObject *self, PyObject *args) {
         if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "dirs: 2 directions");
         return NULL;
     }
+    if (feeder != Py_None) {
+        if (!feed_api) feed_api = PyCapsule_Import(LANEFEED_CAPSULE, 0);
+        if (!feed_api || Py_TYPE(feeder) != feed_api->feeder_type) {
+            PyBuffer_Release(&buf);
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "feeder: an auditor._lane.Feeder or None");
+            return NULL;
+        }
+    }
     const char *data = buf.buf;
     Py_ssize_t size = buf.len;
     long records = 0;
     int why = 0;
-    PyObject *key = NULL;
+    PyObject *key = NULL, *hot = NULL;
     while (cons < end) {
         Py_ssize_t off = base + (Py_ssize_t)(cons & mask);
         if (off + DATA_AT > size) {
@@ -90,6 +109,22 @@ static PyObject *drain(PyObject *self, PyObject *args) {
             why = 2; /* filtered out: Python skips it */
             break;
         }
+        if (feeder != Py_None && !PyList_GET_SIZE(out)) {
+            Py_INCREF(name);
+            int taken = feed_api->data(feeder, name, d, (long long)rd64(r + 32), (long long)rd64(r + 24) + clock,
+                                       r + DATA_AT, ln, orig, &hot);
+            Py_DECREF(name);
+            if (taken < 0) goto fail;
+            if (taken) {
+                cons += (((uint64_t)rlen) + 15) & ~(uint64_t)7;
+                records++;
+                if (taken == 2) {
+                    why = 3;
+                    break;
+                }
+                continue;
+            }
+        }
         PyObject *c = chunk_type->tp_alloc(chunk_type, 0);
         if (!c) goto fail;
         Py_INCREF(name);
@@ -108,9 +143,17 @@ static PyObject *drain(PyObject *self, PyObject *args) {
         if (ok < 0) goto fail;
         cons += (((uint64_t)rlen) + 15) & ~(uint64_t)7;
         records++;
+        if (feeder != Py_None) {
+            why = 3; /* the pipeline takes this Chunk before the next record can go to a lane */
+            break;
+        }
     }
     PyBuffer_Release(&buf);
-    return Py_BuildValue("(Kli)", cons, records, why);
+    if (!hot) {
+        hot = Py_None;
+        Py_INCREF(hot);
+    }
+    return Py_BuildValue("(KliN)", cons, records, why, hot);
 fail:
     Py_XDECREF(key);
     PyBuffer_Release(&buf);
@@ -118,7 +161,8 @@ fail:
 }
 
 static PyMethodDef methods[] = {
-    {"drain", drain, METH_VARARGS, "drain(buf, base, mask, cons, end, names, dirs, clock, descrs, chunk_type, out)"},
+    {"drain", drain, METH_VARARGS,
+     "drain(buf, base, mask, cons, end, names, dirs, clock, descrs, chunk_type, out, feeder=None)"},
     {NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "auditor._ringdrain", "eBPF ring records to Chunks.", -1,

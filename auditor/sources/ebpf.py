@@ -46,6 +46,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import auditor
 from auditor import doctor, limits, native_enabled
@@ -53,6 +54,9 @@ from auditor.sources import ebpf_sock, procfs
 from auditor.sources.ringbuf import BUSY_BIT, DISCARD_BIT, LEN_MASK, MappedRingBuffer
 from auditor.sources.tcp import CHUNK_SLOTS
 from auditor.types import Chunk, ConnClose, ConnMeta, ConnOpen, Direction, Loss, Source, SourceEvent
+
+if TYPE_CHECKING:
+    from auditor.pipeline import Pipeline
 
 
 def _probes_dir() -> Path:
@@ -401,6 +405,18 @@ class EbpfSource:
         """Events that arrived since the last call, in order; waits up to
         ``timeout_ms`` for some. Drains at most every EBPF_POLL_INTERVAL_MS
         unless the kernel signals that the ring buffer is filling up."""
+        return self._poll(timeout_ms, None)
+
+    def pump(self, pipe: Pipeline, timeout_ms: int = 100) -> None:
+        """``pipe.feed_many(self.poll(timeout_ms))``, with one shortcut: a data
+        record the pipeline would give to its connection's lane goes from the
+        ring straight to the lane (``pipe.feeder``, see ringdrain.c), without
+        becoming a Chunk. Rows are the same either way."""
+        out = self._poll(timeout_ms, pipe)
+        if out:
+            pipe.feed_many(out)
+
+    def _poll(self, timeout_ms: int, pipe: Pipeline | None) -> list[SourceEvent]:
         ring = self._ring
         if ring is None:
             raise EbpfError("EbpfSource.poll() before start()")
@@ -412,17 +428,20 @@ class EbpfSource:
             wait = min(self._next_drain, deadline) - now
             if wait > 0 and not out and not self._backlog and ring.wait(wait):
                 self._stats.wakeups += 1
-            self._drain(out)
+            n = self._drain(out, pipe)
             now = time.monotonic()
             self._next_drain = now + interval
             if now >= self._next_housekeeping:
                 self._housekeeping(out, now)
-            if out or now >= deadline:
+            if out or n or now >= deadline:
                 return out
 
-    def _drain(self, out: list[SourceEvent]) -> None:
+    def _drain(self, out: list[SourceEvent], pipe: Pipeline | None = None) -> int:
         """Turn every submitted record (up to EBPF_MAX_BATCH_BYTES) into
-        events. Per data record: one unpack, one dict lookup, one Chunk."""
+        events. Per data record: one unpack, one dict lookup, one Chunk.
+        With ``pipe``: see ``pump`` (events are fed to it as they come, so
+        that the records given to lanes directly stay in order with them).
+        Returns the records read."""
         ring = self._ring
         data, mask, base = ring.data, ring.mask, ring.base
         cons = ring.consumer_pos
@@ -440,12 +459,22 @@ class EbpfSource:
         gc_was_enabled = gc.isenabled()
         gc.disable()
         cdrain = _cdrain
+        feeder = pipe.feeder if pipe is not None and cdrain is not None else None
         try:
             while cons < end:
+                if feeder is not None and out:
+                    pipe.feed_many(out)  # type: ignore[union-attr]
+                    out.clear()
                 if cdrain is not None:
                     # data records of named connections in C; it stops at a record for the code below
-                    cons, k, why = cdrain(data, base, mask, cons, end, names, dirs, clock, CHUNK_SLOTS, chunk_t, out)
+                    cons, k, why, hot = cdrain(
+                        data, base, mask, cons, end, names, dirs, clock, CHUNK_SLOTS, chunk_t, out, feeder
+                    )
                     n += k
+                    if why == 3:  # the pipeline must take a Chunk, or finish what a lane gave back
+                        if hot is not None:
+                            pipe.hot(*hot)  # type: ignore[union-attr]
+                        continue
                     if why != 2:
                         break
                 off = base + (cons & mask)
@@ -488,6 +517,7 @@ class EbpfSource:
             if gc_was_enabled:
                 gc.enable()
             self._stats.events += n
+        return n
 
     # ------------------------------------------------------------------
     # connection and process records (rare)

@@ -54,12 +54,16 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from auditor import limits
 from auditor.sources.pcap import PcapStats, make_decoder
 from auditor.sources.pcapwriter import RotatingPcapWriter
 from auditor.sources.tcp import TcpTracker
 from auditor.types import Loss, Source, SourceEvent
+
+if TYPE_CHECKING:
+    from auditor.pipeline import Pipeline
 
 # linux/if_packet.h, linux/if_ether.h, linux/if_arp.h, linux/filter.h
 SOL_PACKET = 263
@@ -373,6 +377,10 @@ class SniffSource:
         if self.use_thread:
             self._thread = threading.Thread(target=self._reader, name="sniff-reader", daemon=True)
             self._thread.start()
+
+    def pump(self, pipe: Pipeline, timeout_ms: int = 100) -> None:
+        """``pipe.feed_many(self.poll(timeout_ms))`` (the live loop's call)."""
+        pipe.feed_many(self.poll(timeout_ms))
 
     def poll(self, timeout_ms: int) -> list[SourceEvent]:
         """Decode what was captured (at most ``SNIFF_MAX_BLOCKS_PER_POLL`` blocks), waiting up to ``timeout_ms``
