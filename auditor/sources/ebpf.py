@@ -9,9 +9,11 @@ Cost model (DESIGN.md §6): the probes filter in the kernel (target tgids,
 then known socket fds), so only client traffic reaches the ring buffer; the
 kernel wakes this process only when the ring is filling up, and ``poll``
 drains it on a short timer, reading the mmap'ed ring directly (``ringbuf``):
-one ``struct.unpack_from``, one dict lookup and one ``Chunk`` per record, no
-ctypes callback. Work per connection (addresses, the client process of a
-Unix socket) happens once, when its accept record is read, before its
+one dict lookup and one ``Chunk`` per record in C (``ringdrain.c``), no ctypes
+callback. The live loop calls ``pump``, which goes one step further: a record
+of a connection its pipeline lane takes goes from ring memory straight to the
+lane, with no Chunk at all. Work per connection (addresses, the client process
+of a Unix socket) happens once, when its accept record is read, before its
 ``ConnOpen`` is returned.
 
 Connection ids are ``"<server pid>-<fd>-<hex id>"``; the id is unique across
