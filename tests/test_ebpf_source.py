@@ -276,7 +276,11 @@ def test_redis_cli_client_identity(server: Server, cap: Capture) -> None:
 
 
 def test_redis_cli_over_unix_socket(server: Server, cap: Capture) -> None:
-    cli = subprocess.Popen(["redis-cli", "-s", server.unix, "GET", "cli:key"], stdout=subprocess.PIPE, text=True)
+    # (its own key: the test passes alone and in any order)
+    subprocess.run(
+        ["redis-cli", "-p", str(server.port), "SET", "unix:key", "from-cli"], check=True, capture_output=True
+    )
+    cli = subprocess.Popen(["redis-cli", "-s", server.unix, "GET", "unix:key"], stdout=subprocess.PIPE, text=True)
     out, _ = cli.communicate(timeout=10)
     assert out.strip() == "from-cli"
     cap.sync()
@@ -286,7 +290,7 @@ def test_redis_cli_over_unix_socket(server: Server, cap: Capture) -> None:
     assert (m.client_addr, m.server_addr, m.client_port) == (f"unix:{server.unix}", f"unix:{server.unix}", None)
     assert (m.client_comm, m.client_uid, m.server_pid) == ("redis-cli", os.getuid(), server.pid)
     data, missing, _ = cap.stream(found[0].conn, Direction.TO_SERVER)
-    assert missing == 0 and data.endswith(_resp(b"GET", b"cli:key"))
+    assert missing == 0 and data.endswith(_resp(b"GET", b"unix:key"))
     reply, _, _ = cap.stream(found[0].conn, Direction.TO_CLIENT)
     assert reply.endswith(b"$8\r\nfrom-cli\r\n")
 
