@@ -33,7 +33,7 @@ from auditor.redact import (
 )
 from auditor.resp_request import parse_request
 from auditor.session import SPECIAL, Session
-from auditor.types import Chunk, Direction, Event, Exchange, Request, RespType, Row, Status
+from auditor.types import CHUNK_SLOTS, Chunk, Direction, Event, Exchange, Request, RespType, Row, Status
 
 try:
     from auditor import _lane
@@ -159,13 +159,13 @@ def make_config(redactor: Redactor) -> Any:
     )
 
 
-_CHUNK_FIELDS = ("conn", "direction", "pos", "ts_ns", "data", "orig_len")
-
-
 def new_feeder(conns: dict[str, Any], conn_type: type, stream_type: type) -> Any:
     """The pipeline's hot path in C (``_lane.Feeder``): it reads the pipeline's
     connections (``conns``: name -> ``conn_type``, with the slots fast, lane,
-    req_stream and rep_stream) and their streams (slots expected and _segs)."""
+    req_stream and rep_stream) and their streams (slots expected and _segs).
+    None if Chunk's slots cannot be read by offset (``CHUNK_SLOTS``)."""
+    if not CHUNK_SLOTS:
+        return None
     return _lane.Feeder(
         conns=conns,
         conn_type=conn_type,
@@ -173,7 +173,7 @@ def new_feeder(conns: dict[str, Any], conn_type: type, stream_type: type) -> Any
         stream_type=stream_type,
         stream_slots=(stream_type.__dict__["expected"], stream_type.__dict__["_segs"]),
         chunk_type=Chunk,
-        chunk_slots=tuple(Chunk.__dict__[f] for f in _CHUNK_FIELDS),
+        chunk_slots=CHUNK_SLOTS,
         to_server=Direction.TO_SERVER,
         to_client=Direction.TO_CLIENT,
     )

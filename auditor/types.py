@@ -83,6 +83,17 @@ class Chunk:
         )
 
 
+# Chunk's slot descriptors in field order: the C loops (pcapwalk.c, ringdrain.c, lane.c's Feeder) read and
+# fill Chunks by slot offset through them. Empty if the fields ever change: those C paths then stay off.
+CHUNK_FIELDS = ("conn", "direction", "pos", "ts_ns", "data", "orig_len")
+CHUNK_SLOTS = (
+    tuple(Chunk.__dict__[f] for f in CHUNK_FIELDS)
+    if tuple(Chunk.__dataclass_fields__) == CHUNK_FIELDS
+    and all(hasattr(Chunk.__dict__.get(f), "__set__") for f in CHUNK_FIELDS)
+    else ()
+)
+
+
 @dataclass(frozen=True, slots=True)
 class ConnClose:
     """A connection ends: reason is fin, rst, close, eof, idle or evicted."""

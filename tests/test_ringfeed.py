@@ -24,8 +24,7 @@ from auditor.pipeline import Pipeline, Totals
 from auditor.redact import KeysPolicy
 from auditor.sources import ebpf
 from auditor.sources.pcap import read_pcap
-from auditor.sources.tcp import CHUNK_SLOTS
-from auditor.types import Chunk, Direction, Row, Source, SourceEvent
+from auditor.types import CHUNK_SLOTS, Chunk, Direction, Row, Source, SourceEvent
 
 DIRS = (Direction.TO_SERVER, Direction.TO_CLIENT)
 HDR = ebpf._REC  # ring record header + struct ra_data_hdr
@@ -126,3 +125,35 @@ def test_ring_records_of_event_streams_give_the_same_rows(events: list[SourceEve
 def test_drain_refuses_a_feeder_of_another_type() -> None:
     with pytest.raises(TypeError, match="Feeder"):
         drain(b"", 0, 0, 0, 0, {}, DIRS, 0, CHUNK_SLOTS, Chunk, [], object())
+
+
+def test_feeder_refuses_slots_of_other_types() -> None:
+    """The feeder reads the pipeline's objects by slot offset: descriptors of another class, or too few,
+    are an error when it is made, not a read of the wrong object later."""
+    from auditor import _lane, fastlane
+    from auditor.pipeline import _Conn
+    from auditor.stream import Stream
+
+    conn_slots = tuple(_Conn.__dict__[f] for f in ("fast", "lane", "req_stream", "rep_stream"))
+    stream_slots = (Stream.__dict__["expected"], Stream.__dict__["_segs"])
+    good = {
+        "conns": {},
+        "conn_type": _Conn,
+        "conn_slots": conn_slots,
+        "stream_type": Stream,
+        "stream_slots": stream_slots,
+        "chunk_type": Chunk,
+        "chunk_slots": CHUNK_SLOTS,
+        "to_server": Direction.TO_SERVER,
+        "to_client": Direction.TO_CLIENT,
+    }
+    assert type(fastlane.new_feeder({}, _Conn, Stream)) is _lane.Feeder
+    _lane.Feeder(**good)
+    for bad, err in (
+        ({"conn_slots": stream_slots + stream_slots}, TypeError),  # slots of Stream given as _Conn's
+        ({"stream_slots": conn_slots[:2]}, TypeError),
+        ({"chunk_slots": CHUNK_SLOTS[:5]}, ValueError),
+        ({"conn_type": Stream}, TypeError),
+    ):
+        with pytest.raises(err):
+            _lane.Feeder(**(good | bad))

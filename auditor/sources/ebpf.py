@@ -54,8 +54,7 @@ import auditor
 from auditor import doctor, limits, native_enabled
 from auditor.sources import ebpf_sock, procfs
 from auditor.sources.ringbuf import BUSY_BIT, DISCARD_BIT, LEN_MASK, MappedRingBuffer
-from auditor.sources.tcp import CHUNK_SLOTS
-from auditor.types import Chunk, ConnClose, ConnMeta, ConnOpen, Direction, Loss, Source, SourceEvent
+from auditor.types import CHUNK_SLOTS, Chunk, ConnClose, ConnMeta, ConnOpen, Direction, Loss, Source, SourceEvent
 
 if TYPE_CHECKING:
     from auditor.pipeline import Pipeline
