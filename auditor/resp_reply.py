@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 
 from auditor import limits
-from auditor.resp_request import R_AFTER_GAP, R_TRUNCATED, State, _Bad, parse_ll
+from auditor.resp_request import R_AFTER_GAP, R_TRUNCATED, Segs, State, _Bad, _join_segs, _segs_from, _ts_at, parse_ll
 from auditor.types import Gap, ParseError, Reply, RespType
 
 __all__ = ["ReplyDecoder", "parse_reply"]
@@ -105,7 +105,7 @@ class ReplyDecoder:
         "_stash_abs",
         "_stash_ts",
         "_tail",
-        "_tail_ts",
+        "_tail_segs",
         "_virt",
     )
 
@@ -132,7 +132,7 @@ class ReplyDecoder:
         # resync
         self._rs = False
         self._tail = b""
-        self._tail_ts = 0
+        self._tail_segs: Segs = []  # (offset in the tail, when its bytes were read)
         self._virt = 0
         self._err_ts = 0
         self._err_n = 0
@@ -214,7 +214,7 @@ class ReplyDecoder:
         if nbytes is not None:
             self._pos += nbytes
         self._rs = True
-        self._tail, self._virt, self._tail_ts = _CRLF, 2, ts_ns
+        self._tail, self._virt, self._tail_segs = _CRLF, 2, [(0, ts_ns)]
         self._err_ts, self._err_n, self._err_reason = ts_ns, dropped, R_AFTER_GAP
         return out
 
@@ -314,17 +314,17 @@ class ReplyDecoder:
         if tail:
             sp = len(tail)
             buf = tail + data
-            ts0 = self._tail_ts
+            segs = _join_segs(self._tail_segs, sp, ts, data)
         else:
-            sp, buf, ts0 = 0, data, ts
+            sp, buf, segs = 0, data, [(0, ts)]
         virt = self._virt
         self._tail = b""
         self._virt = 0
-        pos = self._sync(buf, 0, virt, ts, sp, ts0, out)
+        pos = self._sync(buf, 0, virt, segs, out)
         if pos >= 0 and self._one_pos < 0:
-            self._run(buf, pos, ts, sp, ts0, abs0 - sp, out, _NO)
+            self._run(buf, pos, ts, sp, _ts_at(segs, pos), abs0 - sp, out, _NO)
 
-    def _sync(self, buf: bytes, pos: int, virt: int, ts: int, split: int, ts0: int, out: list) -> int:
+    def _sync(self, buf: bytes, pos: int, virt: int, segs: Segs, out: list) -> int:
         """Like ``RequestDecoder._sync``, for reply lines."""
         m = _SYNC.search(buf, pos)
         if m is not None:
@@ -351,7 +351,7 @@ class ReplyDecoder:
         self._err_n += real
         self._tail = buf[t:]
         self._virt = max(virt - (t - pos), 0)
-        self._tail_ts = ts0 if t < split else ts
+        self._tail_segs = _segs_from(segs, t, end)
         self._rs = True
         return -1
 
@@ -372,7 +372,7 @@ class ReplyDecoder:
             self._reset()
             self._rs = True
             self._err_ts, self._err_n, self._err_reason = e.fts, base + e.epos - e.fstart, e.reason
-            pos = self._sync(buf, e.epos, 0, ts, split, ts0, out)
+            pos = self._sync(buf, e.epos, 0, [(0, ts0), (split, ts)] if split else [(0, ts)], out)
             if pos < 0 or self._one_pos >= 0:
                 return
             try:

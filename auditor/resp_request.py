@@ -74,6 +74,29 @@ R_TRUNCATED = "truncated at end of stream"
 R_AFTER_GAP = "resync after gap"
 
 
+Segs = list[tuple[int, int]]  # (offset, read time) of the pieces of a buffer, in order; the first at offset 0
+
+
+def _ts_at(segs: Segs, pos: int) -> int:
+    """When the byte at ``pos`` was read."""
+    when = segs[0][1]
+    for off, t in segs:
+        if off > pos:
+            break
+        when = t
+    return when
+
+
+def _segs_from(segs: Segs, t: int, end: int) -> Segs:
+    """The pieces of ``buf[t:end]`` (a resync tail) given those of ``buf``."""
+    return [(0, _ts_at(segs, t))] + [(off - t, when) for off, when in segs if t < off < end]
+
+
+def _join_segs(tail_segs: Segs, sp: int, ts: int, data: bytes) -> Segs:
+    """The pieces of ``tail + data`` (``sp``: the tail's length; ``data`` read at ``ts``)."""
+    return [*tail_segs, (sp, ts)] if data else tail_segs
+
+
 def parse_ll(s: bytes) -> int | None:
     """Redis ``string2ll``: optional '-', digits, no leading zero, no '+',
     no spaces, at most 20 characters, within int64. None if invalid."""
@@ -203,7 +226,7 @@ class RequestDecoder:
         "_stash_abs",
         "_stash_ts",
         "_tail",
-        "_tail_ts",
+        "_tail_segs",
         "_virt",
     )
 
@@ -229,7 +252,7 @@ class RequestDecoder:
         # resync after invalid input or a gap: pending error and a kept tail
         self._rs = False
         self._tail = b""
-        self._tail_ts = 0
+        self._tail_segs: Segs = []  # (offset in the tail, when its bytes were read)
         self._virt = 0
         self._err_ts = 0
         self._err_n = 0
@@ -317,7 +340,7 @@ class RequestDecoder:
         if nbytes is not None:
             self._pos += nbytes
         self._rs = True
-        self._tail, self._virt, self._tail_ts = b"\n", 1, ts_ns  # the data after a gap starts a line
+        self._tail, self._virt, self._tail_segs = b"\n", 1, [(0, ts_ns)]  # the data after a gap starts a line
         self._err_ts, self._err_n, self._err_reason = ts_ns, dropped, R_AFTER_GAP
         return out
 
@@ -387,22 +410,25 @@ class RequestDecoder:
     def _resync(self, data: bytes, ts: int, abs0: int, out: list) -> None:
         tail = self._tail
         if tail:
+            # the tail may hold bytes of several reads (small reads, or the line start after a gap)
             sp = len(tail)
             buf = tail + data
-            ts0 = self._tail_ts
+            segs = _join_segs(self._tail_segs, sp, ts, data)
         else:
-            sp, buf, ts0 = 0, data, ts
+            sp, buf, segs = 0, data, [(0, ts)]
         virt = self._virt
         self._tail = b""
         self._virt = 0
-        pos = self._sync(buf, 0, virt, ts, sp, ts0, out)
+        pos = self._sync(buf, 0, virt, segs, out)
         if pos >= 0 and self._one_pos < 0:
-            self._run(buf, pos, ts, sp, ts0, abs0 - sp, out)
+            # a frame that starts in the tail has the time of the read that brought its first byte
+            self._run(buf, pos, ts, sp, _ts_at(segs, pos), abs0 - sp, out)
 
-    def _sync(self, buf: bytes, pos: int, virt: int, ts: int, split: int, ts0: int, out: list) -> int:
+    def _sync(self, buf: bytes, pos: int, virt: int, segs: Segs, out: list) -> int:
         """Search a resync point from ``pos``: returns where the next frame
         starts (the pending error emitted), or -1 with a tail kept. ``virt``:
-        leading bytes of ``buf`` that are not real (a line start after a gap)."""
+        leading bytes of ``buf`` that are not real (a line start after a gap);
+        ``segs``: (offset, read time) of the pieces of ``buf``."""
         m = _SYNC.search(buf, pos)
         if m is not None:
             i = m.start() + 1
@@ -418,7 +444,7 @@ class RequestDecoder:
         self._err_n += real
         self._tail = buf[t:]
         self._virt = max(virt - (t - pos), 0)
-        self._tail_ts = ts0 if t < split else ts
+        self._tail_segs = _segs_from(segs, t, len(buf))
         self._rs = True
         return -1
 
@@ -433,7 +459,7 @@ class RequestDecoder:
                 self._reset()
                 self._rs = True
                 self._err_ts, self._err_n, self._err_reason = e.fts, base + e.epos - e.fstart, e.reason
-                pos = self._sync(buf, e.epos, 0, ts, split, ts0, out)
+                pos = self._sync(buf, e.epos, 0, [(0, ts0), (split, ts)] if split else [(0, ts)], out)
                 if pos < 0 or self._one_pos >= 0:
                     return
 

@@ -877,3 +877,32 @@ def test_chunking_never_changes_frames_even_with_garbage(direction: str) -> None
         assert [key(f) for f in feed_chunks(dec_cls(), split_at(data, *cuts))] == want, (data, cuts)
         if len(data) < 600:
             assert [key(f) for f in feed_chunks(dec_cls(), [data[i : i + 1] for i in range(len(data))])] == want, data
+
+
+# After a gap or garbage the decoders keep a short tail while they look for the next frame; it may hold
+# bytes of several reads (the line start a gap implies, small reads). A frame that starts in it has the
+# time of the read that brought its first byte, not of the tail's first byte.
+REQ_AFTER_RESYNC = [
+    (["gap", (b"ail\r\n*1", 300), (b"\r\n$4\r\nPING\r\n", 400)], 300),
+    ([(b"\x00garbage\r", 100), (b"\n", 200), (b"*", 300), (b"1\r", 400), (b"\n$4\r\nPING\r\n", 500)], 300),
+    (["gap", (b"tail\r\n", 300), (b"*1\r\n$4\r\nPING\r\n", 400)], 400),
+    ([(b"\x00garbage\r\n*1", 300), (b"\r\n$4\r\nPING\r\n", 400)], 300),
+]
+REPLY_AFTER_RESYNC = [
+    (["gap", (b"+O", 300), (b"K\r\n", 400)], 300),
+    ([(b"\x00garb", 100), (b"\r\n+O", 300), (b"K\r\n", 400)], 300),
+    (["gap", (b"garbage\r", 300), (b"\n+OK\r\n", 400)], 400),
+]
+
+
+@pytest.mark.parametrize(
+    ("decoder", "steps", "want"),
+    [(RequestDecoder, s, w) for s, w in REQ_AFTER_RESYNC] + [(ReplyDecoder, s, w) for s, w in REPLY_AFTER_RESYNC],
+)
+def test_frame_after_a_resync_has_the_time_of_its_first_byte(decoder: type, steps: list, want: int) -> None:
+    d = decoder()
+    out: list = []
+    for step in steps:
+        out += d.gap(10, 250) if step == "gap" else d.feed(*step)
+    frames = [f for f in out if type(f) in (Request, Reply)]
+    assert [f.ts_ns for f in frames] == [want]
