@@ -19,7 +19,18 @@ from __future__ import annotations
 import re
 
 from auditor import limits
-from auditor.resp_request import R_AFTER_GAP, R_TRUNCATED, Segs, State, _Bad, _join_segs, _segs_from, _ts_at, parse_ll
+from auditor.resp_request import (
+    R_AFTER_GAP,
+    R_TRUNCATED,
+    Segs,
+    State,
+    _Bad,
+    _join_segs,
+    _segs_from,
+    _ts_at,
+    _two_segs,
+    parse_ll,
+)
 from auditor.types import Gap, ParseError, Reply, RespType
 
 __all__ = ["ReplyDecoder", "parse_reply"]
@@ -372,7 +383,7 @@ class ReplyDecoder:
             self._reset()
             self._rs = True
             self._err_ts, self._err_n, self._err_reason = e.fts, base + e.epos - e.fstart, e.reason
-            pos = self._sync(buf, e.epos, 0, [(0, ts0), (split, ts)] if split else [(0, ts)], out)
+            pos = self._sync(buf, e.epos, 0, _two_segs(split, ts0, ts), out)
             if pos < 0 or self._one_pos >= 0:
                 return
             try:

@@ -92,6 +92,11 @@ def _segs_from(segs: Segs, t: int, end: int) -> Segs:
     return [(0, _ts_at(segs, t))] + [(off - t, when) for off, when in segs if t < off < end]
 
 
+def _two_segs(split: int, ts0: int, ts: int) -> Segs:
+    """The pieces of a buffer whose bytes before ``split`` were read at ``ts0``, the rest at ``ts``."""
+    return [(0, ts0), (split, ts)] if split else [(0, ts)]
+
+
 def _join_segs(tail_segs: Segs, sp: int, ts: int, data: bytes) -> Segs:
     """The pieces of ``tail + data`` (``sp``: the tail's length; ``data`` read at ``ts``)."""
     return [*tail_segs, (sp, ts)] if data else tail_segs
@@ -459,7 +464,7 @@ class RequestDecoder:
                 self._reset()
                 self._rs = True
                 self._err_ts, self._err_n, self._err_reason = e.fts, base + e.epos - e.fstart, e.reason
-                pos = self._sync(buf, e.epos, 0, [(0, ts0), (split, ts)] if split else [(0, ts)], out)
+                pos = self._sync(buf, e.epos, 0, _two_segs(split, ts0, ts), out)
                 if pos < 0 or self._one_pos >= 0:
                     return
 

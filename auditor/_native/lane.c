@@ -973,7 +973,6 @@ static PyObject *Lane_requests(Lane *l, PyObject *const *argv, Py_ssize_t argn) 
     }
     long long ts = PyLong_AsLongLong(argv[1]);
     if (ts == -1 && PyErr_Occurred()) return NULL;
-    if (!l->accepting) return Py_BuildValue("[(LO)]", ts, argv[0]);
     return lane_requests(l, PyBytes_AS_STRING(argv[0]), PyBytes_GET_SIZE(argv[0]), ts);
 }
 
@@ -1280,9 +1279,8 @@ static int feeder_data(PyObject *self, PyObject *name, int to_client, long long 
     if (to_client && !l->pcount && !l->p.len) return 0; /* a reply no request in the lane waits for */
     PyObject *exp = SLOT(st, f->s_expected), *segs = SLOT(st, f->s_segs);
     if (!exp || !PyLong_CheckExact(exp) || !segs || !PyList_CheckExact(segs) || PyList_GET_SIZE(segs)) return 0;
-    int overflow;
+    int overflow; /* (exact ints: no error, at most an overflow) */
     long long e = PyLong_AsLongLongAndOverflow(exp, &overflow);
-    if (e == -1 && PyErr_Occurred()) return -1;
     if (overflow || e != pos) return 0;
     PyObject *next = PyLong_FromLongLong(pos + n);
     if (!next) return -1;
@@ -1303,7 +1301,7 @@ static int feeder_data(PyObject *self, PyObject *name, int to_client, long long 
 
 /* feed(events, start) -> (index, hot): takes events[start:] while they are Chunks for the lane; index: the
  * first one it did not take (for Python); hot: None, or (conn, to_client, result) of the last one taken,
- * which Python finishes (Pipeline._hot) before calling again from index. */
+ * which Python finishes (Pipeline.hot) before calling again from index. */
 static PyObject *Feeder_feed(Feeder *f, PyObject *const *argv, Py_ssize_t argn) {
     if (argn != 2 || !PyList_CheckExact(argv[0])) {
         PyErr_SetString(PyExc_TypeError, "feed(events: list, start: int)");
@@ -1328,7 +1326,6 @@ static PyObject *Feeder_feed(Feeder *f, PyObject *const *argv, Py_ssize_t argn) 
         if (overflow) break;
         long long o = PyLong_AsLongLongAndOverflow(orig, &overflow);
         if (overflow) break;
-        if (PyErr_Occurred()) return NULL;
         int r = feeder_data((PyObject *)f, name, dir == f->to_client, p, t, PyBytes_AS_STRING(data),
                             PyBytes_GET_SIZE(data), o, &hot);
         if (r < 0) return NULL;

@@ -439,8 +439,8 @@ class EbpfSource:
 
     def _drain(self, out: list[SourceEvent], pipe: Pipeline | None = None) -> int:
         """Turn every submitted record (up to EBPF_MAX_BATCH_BYTES) into
-        events. Per data record: one unpack, one dict lookup, one Chunk.
-        With ``pipe``: see ``pump`` (events are fed to it as they come, so
+        events: data records of named connections in C (ringdrain.c), the
+        rest here, one unpack each. With ``pipe``: see ``pump`` (events are fed to it as they come, so
         that the records given to lanes directly stay in order with them).
         Returns the records read."""
         ring = self._ring
