@@ -79,8 +79,8 @@ SINK_BATCH_ROWS = 16_384
 SINK_FLUSH_SECONDS = 10.0
 
 # --- eBPF -------------------------------------------------------------------------
-# Payload bytes copied per read/write/recvfrom/sendto (per iovec of
-# readv/writev/recvmsg/sendmsg: at most EBPF_PIECE_BYTES). The true length
+# Payload bytes copied per read/write/recvfrom/sendto (readv/writev/recvmsg/
+# sendmsg: twice that, see EBPF_MAX_IOV). The true length
 # always travels with the event; the rest becomes a gap inside a bulk string.
 # Redis 7 reads at least 16 KiB at a time but asks for all the free
 # room of its (greedily grown) query buffer: measured 16-32 KiB per read under
@@ -136,14 +136,17 @@ ROLE_CACHE_PER_COMMAND = 1024
 # --- ebpf (added) -------------------------------------------------------------------
 # Payload bytes per ring buffer record: copies above this go in several records
 # ("pieces"). The BPF scratch buffer is a per-CPU array value, and the kernel caps
-# those at 32 KiB. Also the copy per iovec (one record each: redis writev()s reply
-# blocks of 16 KiB, PROTO_REPLY_CHUNK_BYTES), which keeps the verified program
-# small (it walks every iovec x piece) and its load time under 2 s.
+# those at 32 KiB (records of iovec syscalls hold up to 16,352 bytes: their
+# buffer takes two).
 EBPF_PIECE_BYTES = 16384
-# iovecs copied per readv/writev/recvmsg/sendmsg (a bounded loop for the
-# verifier). redis 7 writev()s at most NET_MAX_WRITES_PER_EVENT (64 KiB) of 16 KiB
-# reply blocks, i.e. 4-5 iovecs; bytes of iovecs past this become a counted gap.
-EBPF_MAX_IOV = 16
+# iovecs walked per readv/writev/recvmsg/sendmsg (IOV_MAX). Their bytes are
+# copied as one stream into records of up to a piece, up to twice
+# EBPF_CAPTURE_BYTES per syscall: redis 7 writev()s up to ~84 KiB at a time
+# (NET_MAX_WRITES_PER_EVENT plus one ~20 KiB reply block), and for replies whose
+# length is only known at the end (COMMAND, XRANGE, CONFIG GET...) hundreds of
+# tiny blocks (COMMAND: 279 iovecs). A structured reply cut there loses its
+# framing, so the whole of it is copied; bytes past this are a counted gap.
+EBPF_MAX_IOV = 512
 # Client sockets tracked at once across all targets (kernel hash map). redis's
 # maxclients defaults to 10,000; an accept that finds the map full is counted and
 # its connection is not captured.

@@ -21,10 +21,10 @@
  * and per connection.
  *
  * Configuration (-D, from auditor/limits.py):
- *   RA_CAPTURE_BYTES   payload bytes copied per read/write-like syscall
- *                      (per iovec: at most one record, RA_PIECE_BYTES)
+ *   RA_CAPTURE_BYTES   payload bytes copied per read/write/recvfrom/sendto
+ *   RA_IOV_CAPTURE_BYTES  the same for readv/writev/recvmsg/sendmsg
  *   RA_PIECE_BYTES     payload bytes per record (copies go in pieces)
- *   RA_MAX_IOV         iovecs copied per readv/writev/recvmsg/sendmsg
+ *   RA_MAX_IOV         iovecs walked per readv/writev/recvmsg/sendmsg
  *   RA_MAX_CONNS       size of the socks map
  *   RA_PID_WORDS       u64 words in the target bitmap (pid_max / 64)
  *   RA_RINGBUF_PAGES   ring buffer size in pages
@@ -44,8 +44,11 @@
 #ifndef RA_PIECE_BYTES
 #define RA_PIECE_BYTES 16384
 #endif
+#ifndef RA_IOV_CAPTURE_BYTES
+#define RA_IOV_CAPTURE_BYTES (2 * RA_CAPTURE_BYTES)
+#endif
 #ifndef RA_MAX_IOV
-#define RA_MAX_IOV 16
+#define RA_MAX_IOV 1024 /* IOV_MAX */
 #endif
 #ifndef RA_MAX_CONNS
 #define RA_MAX_CONNS 65536
@@ -72,8 +75,14 @@
 /* records per copied buffer; with RA_CAPTURE_BYTES 0 one record carries
  * the length only */
 #define RA_PIECES (RA_CAPTURE_BYTES ? (RA_CAPTURE_BYTES + RA_PIECE_BYTES - 1) / RA_PIECE_BYTES : 1)
-/* per iovec: one record */
-#define RA_IOV_CAPTURE_BYTES (RA_CAPTURE_BYTES < RA_PIECE_BYTES ? RA_CAPTURE_BYTES : RA_PIECE_BYTES)
+/* Payload bytes per record of an iovec syscall: its records are filled at a
+ * variable offset, so the buffer holds two of them (a per-CPU value is at
+ * most 32 KiB, header included). */
+#define RA_IOV_PIECE_MAX ((32768 - 128) / 2)
+#define RA_IOV_PIECE (RA_PIECE_BYTES < RA_IOV_PIECE_MAX ? RA_PIECE_BYTES : RA_IOV_PIECE_MAX)
+/* loop steps of an iovec copy: one to read each iovec, one per copy (an
+ * iovec's bytes, or the part that fills a record) */
+#define RA_IOV_STEPS (2 * RA_MAX_IOV + RA_IOV_CAPTURE_BYTES / RA_IOV_PIECE + 1)
 
 #define RA_AF_UNIX 1
 #define RA_AF_INET 2
@@ -160,6 +169,23 @@ BPF_TABLE("lru_hash", struct ra_peer_key, struct ra_client, peers, 16384);
 /* Unix socket (struct sock *) -> the last process that woke it with data */
 BPF_TABLE("lru_hash", __u64, struct ra_client, writers, 4096);
 BPF_PERCPU_ARRAY(scratch, struct ra_data_event, 1);
+/* The cursor of emit_iov lives here, not in registers: the verifier does not
+ * track what is stored in a map value, so every path through an iteration
+ * ends in the same state and the loop is verified in linear time. */
+struct ra_iov_cursor {
+	__u64 base; /* next byte of the current iovec */
+	__u64 left; /* bytes left in it */
+	__u64 idx;  /* iovecs read */
+	__u64 done; /* bytes copied */
+	__u64 fill; /* bytes in the record being filled */
+};
+
+struct ra_iov_event {
+	struct ra_iov_cursor c;
+	struct ra_data_hdr hdr; /* the record: hdr, then data */
+	__u8 data[2 * RA_IOV_PIECE];
+};
+BPF_PERCPU_ARRAY(iov_scratch, struct ra_iov_event, 1);
 BPF_PERCPU_ARRAY(counters, __u64, RA_CNT_MAX);
 BPF_ARRAY(next_cid, __u64, 1);
 
@@ -252,13 +278,114 @@ static __always_inline void emit(struct ra_sock *s, __u8 dir, __u64 ubuf, __u64 
 	}
 }
 
+/* Submit the record at h (its payload of h->len bytes follows it): the
+ * loss bookkeeping of emit(), for records built elsewhere. */
+static __always_inline void submit(struct ra_sock *s, __u8 dir, struct ra_data_hdr *h)
+{
+	__u32 lost_events = s->lost_events[dir & 1];
+	__u64 lost_bytes = s->lost_bytes[dir & 1];
+	__u32 len = h->len;
+
+	if (len > 2 * RA_IOV_PIECE) /* for the verifier */
+		len = 2 * RA_IOV_PIECE;
+	h->lost_events = lost_events;
+	h->lost_bytes = lost_bytes;
+	if (events.ringbuf_output(h, sizeof(*h) + len, 0)) {
+		s->lost_events[dir & 1] += 1;
+		s->lost_bytes[dir & 1] += h->orig_len;
+		count(RA_CNT_LOST_DATA, 1);
+		count(RA_CNT_LOST_BYTES, h->orig_len);
+	} else if (lost_events) {
+		s->lost_events[dir & 1] -= lost_events;
+		s->lost_bytes[dir & 1] -= lost_bytes;
+	}
+}
+
+/* The n bytes an iovec syscall moved, as one byte stream: iovec after
+ * iovec into records of up to RA_IOV_PIECE bytes, so small iovecs share a
+ * record and a big one spans several. redis writev()s up to ~84 KiB at a
+ * time: its reply blocks (~20 KiB each) and, for replies whose length is
+ * only known at the end (COMMAND, XRANGE, CONFIG GET...), hundreds of tiny
+ * ones. A record per iovec capped at a piece cut those replies' framing.
+ * Returns the bytes copied (the caller reports the rest as a gap). */
+static __always_inline void iov_submit(struct ra_sock *s, __u8 dir, struct ra_iov_event *e, __u64 pos)
+{
+	volatile struct ra_iov_cursor *c = &e->c;
+	__u64 fill = c->fill;
+
+	e->hdr.type = RA_DATA;
+	e->hdr.dir = dir & 1;
+	e->hdr.len = fill;
+	e->hdr.cid = s->cid;
+	e->hdr.ts = bpf_ktime_get_ns();
+	e->hdr.pos = pos + c->done - fill;
+	e->hdr.orig_len = fill;
+	submit(s, dir, &e->hdr);
+	c->fill = 0;
+}
+
+static __always_inline __u64 emit_iov(struct ra_sock *s, __u8 dir, __u64 iov, __u64 iovcnt, __u64 n, __u64 pos)
+{
+	__u32 zero = 0;
+	struct ra_iov_event *e = iov_scratch.lookup(&zero);
+	volatile struct ra_iov_cursor *c;
+	__u64 budget = n < RA_IOV_CAPTURE_BYTES ? n : RA_IOV_CAPTURE_BYTES;
+
+	if (!e)
+		return 0;
+	c = &e->c;
+	c->base = 0;
+	c->left = 0;
+	c->idx = 0;
+	c->done = 0;
+	c->fill = 0;
+	for (int step = 0; step < RA_IOV_STEPS; step++) {
+		__u64 take, fill, done = c->done;
+
+		if (done >= budget)
+			break;
+		if (c->left == 0) {
+			struct ra_iovec v = {};
+			__u64 idx = c->idx;
+
+			if (idx >= iovcnt || idx >= RA_MAX_IOV)
+				break;
+			if (bpf_probe_read_user(&v, sizeof(v), (void *)(iov + idx * sizeof(v))))
+				break;
+			c->idx = idx + 1;
+			c->base = v.base;
+			c->left = v.len;
+			continue; /* (an iovec costs a step of its own: a simpler loop to verify) */
+		}
+		fill = c->fill;
+		take = c->left;
+		if (take > budget - done)
+			take = budget - done;
+		if (take > RA_IOV_PIECE - fill)
+			take = RA_IOV_PIECE - fill;
+		if (fill >= RA_IOV_PIECE || take > RA_IOV_PIECE) /* for the verifier */
+			break;
+		if (bpf_probe_read_user(&e->data[fill], take, (void *)c->base))
+			break; /* unreadable: the rest is a gap */
+		c->fill = fill + take;
+		c->base += take;
+		c->left -= take;
+		c->done = done + take;
+		if (fill + take == RA_IOV_PIECE)
+			iov_submit(s, dir, e, pos);
+	}
+	if (c->fill)
+		iov_submit(s, dir, e, pos);
+	return c->done;
+}
+
 static __always_inline int io_exit(long ret, __u8 kind, __u8 dir)
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	struct ra_args a;
 	struct ra_sock_key key;
 	struct ra_sock *s;
-	__u64 pos, rest, iov, iovcnt;
+	__u64 pos, done, iov, iovcnt;
 
 	if (ret <= 0 || !is_target(tgid))
 		return 0;
@@ -287,27 +414,13 @@ static __always_inline int io_exit(long ret, __u8 kind, __u8 dir)
 		iov = m.iov;
 		iovcnt = m.iovlen;
 	}
-	rest = ret;
-	for (int i = 0; i < RA_MAX_IOV; i++) {
-		struct ra_iovec v = {};
-		__u64 n;
-
-		if (i >= iovcnt || rest == 0)
-			break;
-		if (bpf_probe_read_user(&v, sizeof(v), (void *)(iov + i * sizeof(v))))
-			break;
-		n = v.len < rest ? v.len : rest;
-		if (n == 0)
-			continue;
-		/* one record per iovec: redis writev()s 16 KiB reply blocks */
-		emit(s, dir, v.base, n, pos, RA_IOV_CAPTURE_BYTES, 1);
-		pos += n;
-		rest -= n;
-	}
-	if (rest) {
-		/* iovecs past RA_MAX_IOV (or unreadable): their length only */
-		count(RA_CNT_IOV_REST, 1);
-		emit(s, dir, 0, rest, pos, 0, 1);
+	done = emit_iov(s, dir, iov, iovcnt, ret, pos);
+	if (done < ret) {
+		/* past the copy budget, RA_MAX_IOV iovecs, or unreadable: the
+		 * length only (a gap) */
+		if (done < RA_IOV_CAPTURE_BYTES)
+			count(RA_CNT_IOV_REST, 1);
+		emit(s, dir, 0, ret - done, pos + done, 0, 1);
 	}
 	return 0;
 }

@@ -329,10 +329,17 @@ def main() -> int:
         help="overhead: run a round again when the hypervisor stole more than this %% of CPU time in any mode",
     )
     ap.add_argument("--retries", type=int, default=6, help="overhead: at most this many rounds run again")
-    ap.add_argument("--modes", nargs="+", default=["none", "monitor", "ebpf", "sniff"])
+    ap.add_argument(
+        "--modes",
+        nargs="+",
+        choices=["none", "monitor", "ebpf", "ebpf-nice0", "sniff"],
+        default=["none", "monitor", "ebpf", "sniff"],
+        help="overhead: none (the unaudited baseline, always run first), monitor, ebpf (redis-audit run), sniff",
+    )
     ap.add_argument("--pipelines", type=int, nargs="+", default=[1, 16])
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    args.modes = ["none", *(m for m in dict.fromkeys(args.modes) if m != "none")]  # ratios need the baseline
     if os.geteuid() != 0:
         print("scripts/bench needs root (tcpdump, eBPF)", file=sys.stderr)
         return 1

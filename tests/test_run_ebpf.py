@@ -484,6 +484,63 @@ def test_reused_fd_numbers_are_new_connections(redis_server: RedisServer, tmp_pa
         assert events == ["connect", "command", "command", "disconnect"], (s, events)
 
 
+def reply_size(c: RespConn, *args: str) -> int:
+    """Send one command on an idle raw connection and read its reply; returns the reply's size on the wire."""
+    assert not c.reader.buf
+    got = 0
+    fill = c.reader._fill
+
+    def counting() -> None:
+        nonlocal got
+        n = len(c.reader.buf)
+        fill()
+        got += len(c.reader.buf) - n
+
+    c.reader._fill = counting  # type: ignore[method-assign]
+    try:
+        c.send_command(*args)
+        assert not isinstance(c.read(), redis.RedisError)
+    finally:
+        c.reader._fill = fill  # type: ignore[method-assign]
+    return got - len(c.reader.buf)
+
+
+def test_big_structured_replies_are_copied_whole(redis_server: RedisServer, tmp_path: Path) -> None:
+    """Big replies that are not one bulk string, which redis writev()s: ~20 KiB reply blocks (HGETALL, LRANGE,
+    XRANGE of thousands of elements) and hundreds of tiny blocks (COMMAND, CONFIG GET: lengths only known at the
+    end). A cut there is not inside a value: it loses the reply's framing (gap and parse_error rows, `unknown`)."""
+    srv, out = redis_server, tmp_path / "trail"
+    r = srv.client()
+    try:
+        r.hset("big:h", mapping={f"field:{i}": f"value:{i}" for i in range(4000)})
+        r.rpush("big:l", *[f"element:{i}" for i in range(8000)])
+        p = r.pipeline(transaction=False)
+        for i in range(1500):
+            p.xadd("big:s", {"f": f"v{i}", "g": "w"})
+        p.execute()
+    finally:
+        r.close()
+    calls = [
+        ("HGETALL", "big:h"),
+        ("LRANGE", "big:l", "0", "-1"),
+        ("XRANGE", "big:s", "-", "+"),
+        ("COMMAND",),
+        ("CONFIG", "GET", "*"),
+        ("SET", "big:marker", "1"),
+    ]
+    with audit_run(out, "--pid", str(srv.pid)) as audit:
+        with RespConn(port=srv.port) as c:
+            sizes = [reply_size(c, *args) for args in calls]
+        summary = audit.stop()
+    assert min(sizes[:4]) > 64 * 1024, sizes  # several writev()s each
+    everything = check_run(out, summary, audit)  # no gap, no parse_error, nothing lost
+    cmds = [r for r in everything if r["event"] == "command"]
+    mine = [r for r in cmds if r["conn_id"] == conn_of(cmds, "big:marker")]
+    assert [(r["command"], r["status"], r["reply_bytes"]) for r in mine] == [
+        (args[0], "ok", size) for args, size in zip(calls, sizes, strict=True)
+    ]
+
+
 # --------------------------------------------------------------------------------------------- restart
 
 

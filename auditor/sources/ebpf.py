@@ -219,7 +219,7 @@ class EbpfSource:
     valkey-server, including ones started later). ``ports``: only servers
     listening on one of these TCP ports, and of their TCP connections only
     those to these ports. ``capture_bytes``: payload bytes copied per
-    syscall (None: EBPF_CAPTURE_BYTES; per iovec at most EBPF_PIECE_BYTES);
+    read/write-like syscall (None: EBPF_CAPTURE_BYTES; readv/writev/recvmsg/sendmsg: twice that);
     the true length always travels with the chunk.
     """
 
