@@ -229,6 +229,32 @@ static __always_inline int is_target(__u32 tgid)
  * Data: at sys_exit, copy ret bytes of the syscall's buffer.
  * ------------------------------------------------------------------------ */
 
+/* Submit the record at h, whose h->len payload bytes follow it (at most
+ * `max`, a constant: the room after h in its buffer). A record the ring
+ * refuses is counted, globally and on the connection's direction, and the
+ * next record of that direction carries the count (its bytes are the hole
+ * before its pos). */
+static __always_inline void submit(struct ra_sock *s, __u8 dir, struct ra_data_hdr *h, const __u32 max)
+{
+	__u32 lost_events = s->lost_events[dir & 1];
+	__u64 lost_bytes = s->lost_bytes[dir & 1];
+	__u32 len = h->len;
+
+	if (len > max) /* for the verifier */
+		len = max;
+	h->lost_events = lost_events;
+	h->lost_bytes = lost_bytes;
+	if (events.ringbuf_output(h, sizeof(*h) + len, 0)) {
+		s->lost_events[dir & 1] += 1;
+		s->lost_bytes[dir & 1] += h->orig_len;
+		count(RA_CNT_LOST_DATA, 1);
+		count(RA_CNT_LOST_BYTES, h->orig_len);
+	} else if (lost_events) {
+		s->lost_events[dir & 1] -= lost_events;
+		s->lost_bytes[dir & 1] -= lost_bytes;
+	}
+}
+
 /* Emit the n bytes at ubuf (n = true length; at most `limit` of them are
  * copied, in up to `pieces` records of RA_PIECE_BYTES). Both are constants
  * at each call site: the verifier walks every iteration of every call. */
@@ -245,8 +271,6 @@ static __always_inline void emit(struct ra_sock *s, __u8 dir, __u64 ubuf, __u64 
 	dir &= 1;
 	for (int i = 0; i < pieces; i++) {
 		__u64 off = (__u64)i * RA_PIECE_BYTES;
-		__u32 lost_events = s->lost_events[dir];
-		__u64 lost_bytes = s->lost_bytes[dir];
 		__u32 len;
 
 		if (i > 0 && off >= cap)
@@ -264,40 +288,7 @@ static __always_inline void emit(struct ra_sock *s, __u8 dir, __u64 ubuf, __u64 
 		e->hdr.pos = pos + off;
 		/* the last piece also carries the length that was not copied */
 		e->hdr.orig_len = off + RA_PIECE_BYTES >= cap ? n - off : RA_PIECE_BYTES;
-		e->hdr.lost_events = lost_events;
-		e->hdr.lost_bytes = lost_bytes;
-		if (events.ringbuf_output(e, sizeof(e->hdr) + len, 0)) {
-			s->lost_events[dir] += 1;
-			s->lost_bytes[dir] += e->hdr.orig_len;
-			count(RA_CNT_LOST_DATA, 1);
-			count(RA_CNT_LOST_BYTES, e->hdr.orig_len);
-		} else if (lost_events) {
-			s->lost_events[dir] -= lost_events;
-			s->lost_bytes[dir] -= lost_bytes;
-		}
-	}
-}
-
-/* Submit the record at h (its payload of h->len bytes follows it): the
- * loss bookkeeping of emit(), for records built elsewhere. */
-static __always_inline void submit(struct ra_sock *s, __u8 dir, struct ra_data_hdr *h)
-{
-	__u32 lost_events = s->lost_events[dir & 1];
-	__u64 lost_bytes = s->lost_bytes[dir & 1];
-	__u32 len = h->len;
-
-	if (len > 2 * RA_IOV_PIECE) /* for the verifier */
-		len = 2 * RA_IOV_PIECE;
-	h->lost_events = lost_events;
-	h->lost_bytes = lost_bytes;
-	if (events.ringbuf_output(h, sizeof(*h) + len, 0)) {
-		s->lost_events[dir & 1] += 1;
-		s->lost_bytes[dir & 1] += h->orig_len;
-		count(RA_CNT_LOST_DATA, 1);
-		count(RA_CNT_LOST_BYTES, h->orig_len);
-	} else if (lost_events) {
-		s->lost_events[dir & 1] -= lost_events;
-		s->lost_bytes[dir & 1] -= lost_bytes;
+		submit(s, dir, &e->hdr, RA_PIECE_BYTES);
 	}
 }
 
@@ -320,7 +311,7 @@ static __always_inline void iov_submit(struct ra_sock *s, __u8 dir, struct ra_io
 	e->hdr.ts = bpf_ktime_get_ns();
 	e->hdr.pos = pos + c->done - fill;
 	e->hdr.orig_len = fill;
-	submit(s, dir, &e->hdr);
+	submit(s, dir, &e->hdr, 2 * RA_IOV_PIECE);
 	c->fill = 0;
 }
 
