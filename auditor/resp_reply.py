@@ -95,6 +95,10 @@ class ReplyDecoder:
         "_budget",
         "_err_n",
         "_err_reason",
+        "_eof",
+        "_eof_start",
+        "_eof_tail",
+        "_eof_ts",
         "_err_ts",
         "_one",
         "_one_pos",
@@ -150,11 +154,17 @@ class ReplyDecoder:
         self._err_reason = ""
         self._one = False
         self._one_pos = -1
+        # an RDB file sent "$EOF:<40-byte mark>\r\n...<mark>" (diskless replication): the mark
+        self._eof = b""
+        self._eof_start = 0
+        self._eof_ts = 0
+        self._eof_tail = b""  # the last bytes read, where the mark may begin
 
     @property
     def idle(self) -> bool:
         """At a frame boundary with nothing held (the fast lane may take the stream)."""
-        return not (self._stack or self._pend >= 0 or self._rem or self._stash or self._rs or self._tail or self._virt)
+        busy = self._stack or self._pend >= 0 or self._rem or self._stash or self._rs or self._tail or self._virt
+        return not (busy or self._eof)
 
     def advance(self, nbytes: int) -> None:
         """``nbytes`` of the stream were read by the fast lane instead."""
@@ -183,6 +193,9 @@ class ReplyDecoder:
             return out
         if self._rem:
             self._payload(data, ts_ns, abs0, out)
+            return out
+        if self._eof:
+            self._eof_payload(data, ts_ns, abs0, out)
             return out
         stash = self._stash
         if stash:
@@ -234,6 +247,10 @@ class ReplyDecoder:
         out: list = []
         if self._rs:
             self._flush_error(out)
+        elif self._rem == 2 and self._rdb():  # an RDB file (SYNC) read whole: no "\r\n" was to come
+            r = self._payload_done(self._pos)
+            if isinstance(r, Reply):
+                out.append(r)
         else:
             start = self._frame_start()
             if start is not None:
@@ -252,6 +269,8 @@ class ReplyDecoder:
             return self._pstart, self._pts
         if self._stash:
             return self._stash_abs, self._stash_ts
+        if self._eof:
+            return self._eof_start, self._eof_ts
         return None
 
     def _reset(self) -> None:
@@ -265,6 +284,7 @@ class ReplyDecoder:
         self._rs = False
         self._tail = b""
         self._virt = 0
+        self._eof = self._eof_tail = b""
 
     def _flush_error(self, out: list) -> None:
         n = self._err_n + len(self._tail) - self._virt
@@ -290,6 +310,11 @@ class ReplyDecoder:
         j = pay if pay > 0 else 0
         while j < take:  # the "\r\n" after the payload
             if data[j] != _CRLF[j - pay]:
+                if j == pay and self._rdb():  # an RDB file: no "\r\n" after it
+                    self._rem = 0
+                    r = self._payload_done(abs0 + j)
+                    self._run(data, j, ts, 0, ts, abs0, out, r)
+                    return
                 e = _Bad(j, *self._start_or(abs0 + j, ts), R_TERM)
                 self._run_bad(data, e, ts, abs0, out)
                 return
@@ -300,6 +325,25 @@ class ReplyDecoder:
             return
         r = self._payload_done(abs0 + take)
         self._run(data, take, ts, 0, ts, abs0, out, r)
+
+    def _rdb(self) -> bool:
+        """The payload in progress is an RDB file a replication link sends (SYNC, PSYNC): a top-level bulk
+        string that starts with the RDB magic; Redis sends it without the final "\r\n"."""
+        keep = self._pkeep
+        return not self._stack and self._pkind is BULK and keep is not None and keep[:5] == b"REDIS"
+
+    def _eof_payload(self, data: bytes, ts: int, abs0: int, out: list) -> None:
+        """Continue an RDB file sent as "$EOF:<mark>\r\n...<mark>": it ends with the mark."""
+        tail = self._eof_tail
+        buf = tail + data
+        i = buf.find(self._eof)
+        if i < 0:
+            self._eof_tail = buf[-(len(self._eof) - 1) :]
+            return
+        end = i + len(self._eof) - len(tail)  # offset in data just after the mark
+        r = Reply(BULK, None, self._eof_ts, abs0 + end - self._eof_start)
+        self._eof = self._eof_tail = b""
+        self._run(data, end, ts, 0, ts, abs0, out, r)
 
     def _start_or(self, default: int, ts: int) -> tuple[int, int]:
         start = self._frame_start()
@@ -411,6 +455,10 @@ class ReplyDecoder:
                 else:
                     s0, t, pend = pend, pend_ts, -1
                 c = buf[pos]
+                if c == 10 and not stack:  # a replication link's keep-alive: counted with the next reply
+                    pend, pend_ts = s0, t
+                    pos += 1
+                    continue
                 ln = None
                 if c == 36:  # fast path: "$len\r\n" with len of 1 or 2 digits
                     try:
@@ -449,6 +497,11 @@ class ReplyDecoder:
                         pos = nl + 2
                         r = Reply(BULK, None, t, base + pos - s0, None, -1) if build else None
                         ln = -1
+                    elif c == 36 and not stack and len(s) == 44 and s[:4] == b"EOF:":
+                        # an RDB file of unknown length (diskless replication), ended by this mark
+                        self._eof, self._eof_start, self._eof_ts, self._eof_tail = s[4:], s0, t, b""
+                        self._eof_payload(buf[nl + 2 :], ts if nl + 2 >= split else ts0, base + nl + 2, out)
+                        return
                     elif c == 36 and s == b"?":
                         if len(stack) >= _MAXNEST:
                             raise _Bad(pos, *((stack[0][4], stack[0][5]) if stack else (s0, t)), R_DEEP)
@@ -462,7 +515,9 @@ class ReplyDecoder:
                         p = nl + 2
                         q = p + ln
                         kind = _PAYLOAD_KIND[c]
-                        if q + 2 > end:  # stream the payload
+                        if not stack and c == 36 and q < end and buf[q] != 13 and buf[p : p + 5] == b"REDIS":
+                            pos = q  # an RDB file (replication link): Redis sends no "\r\n" after it
+                        elif q + 2 > end:  # stream the payload
                             if end > q and buf[q] != 13:
                                 raise _Bad(q, *((stack[0][4], stack[0][5]) if stack else (s0, t)), R_TERM)
                             self._rem = q + 2 - end
@@ -474,9 +529,10 @@ class ReplyDecoder:
                             self._pgap = 0
                             pos = end
                             break
-                        if buf[q] != 13 or buf[q + 1] != 10:
+                        elif buf[q] != 13 or buf[q + 1] != 10:
                             raise _Bad(q, *((stack[0][4], stack[0][5]) if stack else (s0, t)), R_TERM)
-                        pos = q + 2
+                        else:
+                            pos = q + 2
                         if build:
                             r = Reply(kind, buf[p:q] if ln <= _RKEEP else buf[p : p + _RKEEP], t, base + pos - s0)
                         else:

@@ -39,9 +39,14 @@ DELIVERIES = frozenset({b"message", b"pmessage", b"smessage", b"invalidate"})
 CONFIRMATIONS = frozenset(
     {b"subscribe", b"psubscribe", b"ssubscribe", b"unsubscribe", b"punsubscribe", b"sunsubscribe"}
 )
+# A replica (or a client dumping the dataset) asks for a full or partial copy: once
+# answered, the server sends the RDB file and then every write it propagates, and
+# the replica's own requests (REPLCONF ACK) get no reply.
+REPLICATION = frozenset({b"SYNC", b"PSYNC"})
 # Commands whose handling differs from "one request, one reply".
 SPECIAL = frozenset(
     {b"AUTH", b"HELLO", b"SELECT", b"MULTI", b"EXEC", b"DISCARD", b"CLIENT", b"MONITOR", b"QUIT", b"RESET"}
+    | REPLICATION
     | SUBSCRIBE
     | UNSUBSCRIBE
 )
@@ -61,6 +66,7 @@ class SessionStats:
     unmatched_replies: int = 0
     pushes: int = 0
     monitor_lines: int = 0
+    replicated: int = 0  # RDB transfers and propagated writes sent on a replication link
     evicted: int = 0
     gaps: int = 0
     parse_errors: int = 0
@@ -130,6 +136,7 @@ class Session:
     _in_multi: bool = False
     _subs: int = 0  # channel + pattern + shard subscriptions (from confirmations)
     _monitor: bool = False
+    _replica: bool = False  # a SYNC / PSYNC was answered: a replication link from now on
     _proto_reply: Reply | None = None  # "ERR Protocol error" that came before its parse error
 
     def __post_init__(self) -> None:
@@ -163,6 +170,8 @@ class Session:
                 expect = 0
         elif self._skip_next:
             self._skip_next = False
+            expect = 0
+        if self._replica:  # REPLCONF ACK <offset>: the server never answers on a replication link
             expect = 0
         if cmd in SPECIAL:
             expect = self._special_request(cmd, args, expect)
@@ -213,6 +222,7 @@ class Session:
             or self._skip_next
             or self._subs
             or self._monitor
+            or self._replica
             or self._proto_reply is not None
             or self._out
         )
@@ -232,6 +242,9 @@ class Session:
     # ----------------------------------------------------------------- replies
     def reply(self, rep: Reply) -> None:
         """A server reply or push, in stream order."""
+        if self._replica:
+            self.stats.replicated += 1
+            return
         pending = self._pending
         if pending and not self._subs and not self._monitor:
             # Fast path, most replies: the head expects exactly this one ordinary reply.
@@ -407,6 +420,8 @@ class Session:
                 st.db = _int(args[1])
         elif cmd == b"MONITOR":
             self._monitor = True
+        elif cmd in REPLICATION:
+            self._replica = True
         elif cmd == b"RESET":
             self._st = _State("default", 0, 2)
             self._reply_off = self._skip_next = self._in_multi = False
@@ -513,5 +528,6 @@ class Session:
             detail=(
                 f"{reason}; commands={s.commands} unmatched_replies={s.unmatched_replies} "
                 f"pushes={s.pushes} gaps={s.gaps} parse_errors={s.parse_errors} evicted={s.evicted}"
+                + (f" replicated={s.replicated}" if s.replicated else "")
             ),
         )

@@ -16,7 +16,7 @@ import pytest
 
 from auditor import limits
 from auditor.resp import ReplyDecoder, RequestDecoder, State, parse_reply, parse_request, split_inline
-from auditor.types import Gap, ParseError, Reply, Request
+from auditor.types import Gap, ParseError, Reply, Request, RespType
 
 # ----------------------------------------------------------------------------
 # helpers
@@ -906,3 +906,59 @@ def test_frame_after_a_resync_has_the_time_of_its_first_byte(decoder: type, step
         out += d.gap(10, 250) if step == "gap" else d.feed(*step)
     frames = [f for f in out if type(f) in (Request, Reply)]
     assert [f.ts_ns for f in frames] == [want]
+
+
+# ----------------------------------------------------------------- replication links (SYNC / PSYNC)
+
+_RDB = b"REDIS0010\xfa\tredis-ver\x067.0.15\xff" + bytes(range(256)) * 3 + b"\r\n\x00tail"
+_MARK = b"0123456789abcdef0123456789abcdef01234567"
+_STREAM = b"*1\r\n$4\r\nPING\r\n*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n"
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        b"\n\n+FULLRESYNC 8de1787ba490483314a4d30f1c628bc5025eb761 0\r\n$%d\r\n%s" % (len(_RDB), _RDB) + _STREAM,
+        b"+FULLRESYNC 8de1787ba490483314a4d30f1c628bc5025eb761 0\r\n$EOF:" + _MARK + b"\r\n" + _RDB + _MARK + _STREAM,
+        b"$%d\r\n%s" % (len(_RDB), _RDB) + _STREAM,  # SYNC: the RDB file is the reply
+    ],
+    ids=["psync", "psync-diskless", "sync"],
+)
+def test_an_rdb_file_on_a_replication_link_is_one_reply_at_any_split(wire: bytes) -> None:
+    """Redis sends the RDB file without the final CRLF of a bulk string, or, for diskless replication, as
+    "$EOF:<40-byte mark>\\r\\n" + file + mark; the propagated writes follow. Any split of the bytes gives the
+    same replies, with every byte counted."""
+    whole = ReplyDecoder().feed(wire, 1)
+    assert all(isinstance(r, Reply) for r in whole), whole
+    assert sum(r.nbytes for r in whole) == len(wire)
+    assert [r.kind for r in whole][-2:] == [RespType.ARRAY, RespType.ARRAY]
+    rdb = whole[-3]
+    assert rdb.kind is RespType.BULK and rdb.nbytes == len(wire) - len(_STREAM) - wire.index(b"$")
+    for cut in range(1, len(wire)):
+        for cut2 in (cut, min(len(wire), cut + 7)):
+            d = ReplyDecoder()
+            got = d.feed(wire[:cut], 1) + d.feed(wire[cut:cut2], 2) + d.feed(wire[cut2:], 3)
+            assert [(r.kind, r.nbytes) for r in got] == [(r.kind, r.nbytes) for r in whole], cut
+            assert d.idle
+
+
+def test_an_rdb_file_that_ends_the_stream_is_a_reply() -> None:
+    """A SYNC client that hangs up once it has the file: the last bytes were the file's, nothing is missing."""
+    wire = b"$%d\r\n%s" % (len(_RDB), _RDB)
+    d = ReplyDecoder()
+    got = d.feed(wire, 1) + d.finish(2)
+    assert [(r.kind, r.nbytes) for r in got] == [(RespType.BULK, len(wire))]
+    d = ReplyDecoder()
+    got = d.feed(wire[:-1], 1) + d.finish(2)  # cut inside the file: truncated
+    assert [type(r) for r in got] == [ParseError]
+
+
+def test_a_bulk_string_that_starts_like_an_rdb_file_keeps_its_crlf() -> None:
+    wire = b"$9\r\nREDIS0010\r\n:1\r\n"
+    for cut in range(1, len(wire)):
+        d = ReplyDecoder()
+        got = d.feed(wire[:cut], 1) + d.feed(wire[cut:], 2)
+        assert [(r.kind, r.value, r.nbytes) for r in got] == [
+            (RespType.BULK, b"REDIS0010", 15),
+            (RespType.INTEGER, 1, 4),
+        ], cut

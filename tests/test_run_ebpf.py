@@ -11,6 +11,8 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
+import socket
 import subprocess
 import time
 from collections import Counter
@@ -539,6 +541,51 @@ def test_big_structured_replies_are_copied_whole(redis_server: RedisServer, tmp_
     assert [(r["command"], r["status"], r["reply_bytes"]) for r in mine] == [
         (args[0], "ok", size) for args, size in zip(calls, sizes, strict=True)
     ]
+
+
+def test_a_replica_and_a_raw_sync_are_replication_links(
+    redis_server_factory: Callable[..., RedisServer], tmp_path: Path
+) -> None:
+    """A real replica (PSYNC, diskless: keep-alive newlines, then "$EOF:<mark>" RDB) and a raw SYNC (the RDB
+    file without a final CRLF): the PSYNC / SYNC rows are `ok`, then what the server sends on those links is
+    replication traffic, not replies (no parse_error, no unmatched reply), and REPLCONF ACK gets no reply."""
+    master, replica = redis_server_factory(), redis_server_factory()
+    out = tmp_path / "trail"
+    with audit_run(out, "--pid", str(master.pid)) as audit:
+        replica.admin("REPLICAOF", "127.0.0.1", str(master.port))
+        r = master.client()
+        try:
+            r.set("repl:key", "v")
+            deadline = time.monotonic() + 30
+            while replica.admin("GET", "repl:key") != b"v":  # (diskless sync waits 5 s for more replicas)
+                assert time.monotonic() < deadline, "the replica did not sync"
+                time.sleep(0.1)
+            r.set("repl:after", "w")
+            with socket.create_connection(("127.0.0.1", master.port), timeout=30) as raw:
+                raw.sendall(b"SYNC\r\n")
+                got = b""
+                while not (m := re.match(rb"\n*\$(\d+)\r\n", got)) or len(got) < m.end() + int(m.group(1)):
+                    data = raw.recv(65536)
+                    assert data, got[:40]
+                    got += data
+                assert got[m.end() : m.end() + 5] == b"REDIS"
+                time.sleep(0.2)
+        finally:
+            r.close()
+        time.sleep(1.5)  # a REPLCONF ACK a second from the replica
+        replica.admin("REPLICAOF", "NO", "ONE")
+        summary = audit.stop()
+    everything = check_run(out, summary, audit)  # no parse_error, no unmatched reply
+    cmds = [r for r in everything if r["event"] == "command"]
+    by_cmd = Counter((r["command"], r["status"]) for r in cmds)
+    assert by_cmd[("PSYNC", "ok")] == 1 and by_cmd[("SYNC", "ok")] == 1, by_cmd
+    assert by_cmd[("SET", "ok")] == 2, by_cmd
+    acks = [r for r in cmds if r["command"] == "REPLCONF" and r["status"] == "no_reply"]
+    assert acks, by_cmd
+    # the replica's link carried its RDB file and the propagated SET (the raw SYNC's file was its reply)
+    link = next(r["conn_id"] for r in cmds if r["command"] == "PSYNC")
+    close = next(r["detail"] for r in everything if r["event"] == "disconnect" and r["conn_id"] == link)
+    assert re.search(r"replicated=[2-9]", close), close
 
 
 # --------------------------------------------------------------------------------------------- restart
