@@ -62,6 +62,7 @@ BULK, VERBATIM, BLOB_ERROR = RespType.BULK, RespType.VERBATIM, RespType.BLOB_ERR
 SIMPLE, ERROR, INTEGER, NULL = RespType.SIMPLE, RespType.ERROR, RespType.INTEGER, RespType.NULL
 ARRAY, MAP, ATTRIBUTE = RespType.ARRAY, RespType.MAP, RespType.ATTRIBUTE
 _PAYLOAD_KIND = {36: BULK, 61: VERBATIM, 33: BLOB_ERROR}
+_RDB_MAGIC = b"REDIS"  # an RDB file's first bytes (the SYNC / PSYNC payload)
 _AGG_KIND = {42: ARRAY, 37: MAP, 126: RespType.SET, 62: RespType.PUSH, 124: ATTRIBUTE}
 _SSTR = "sstr"  # stack level of a streamed string ("$?")
 _CHUNK = "chunk"  # payload kind of one ";N" chunk of it
@@ -330,7 +331,7 @@ class ReplyDecoder:
         """The payload in progress is an RDB file a replication link sends (SYNC, PSYNC): a top-level bulk
         string that starts with the RDB magic; Redis sends it without the final "\r\n"."""
         keep = self._pkeep
-        return not self._stack and self._pkind is BULK and keep is not None and keep[:5] == b"REDIS"
+        return not self._stack and self._pkind is BULK and keep is not None and keep[:5] == _RDB_MAGIC
 
     def _eof_payload(self, data: bytes, ts: int, abs0: int, out: list) -> None:
         """Continue an RDB file sent as "$EOF:<mark>\r\n...<mark>": it ends with the mark."""
@@ -455,10 +456,6 @@ class ReplyDecoder:
                 else:
                     s0, t, pend = pend, pend_ts, -1
                 c = buf[pos]
-                if c == 10 and not stack:  # a replication link's keep-alive: counted with the next reply
-                    pend, pend_ts = s0, t
-                    pos += 1
-                    continue
                 ln = None
                 if c == 36:  # fast path: "$len\r\n" with len of 1 or 2 digits
                     try:
@@ -515,11 +512,13 @@ class ReplyDecoder:
                         p = nl + 2
                         q = p + ln
                         kind = _PAYLOAD_KIND[c]
-                        if not stack and c == 36 and q < end and buf[q] != 13 and buf[p : p + 5] == b"REDIS":
-                            pos = q  # an RDB file (replication link): Redis sends no "\r\n" after it
-                        elif q + 2 > end:  # stream the payload
-                            if end > q and buf[q] != 13:
+                        if q + 2 <= end and buf[q] == 13 and buf[q + 1] == 10:
+                            pos = q + 2
+                        elif (q < end and buf[q] != 13) or q + 2 <= end:  # a bad terminator
+                            if stack or c != 36 or buf[q] == 13 or buf[p : p + 5] != _RDB_MAGIC:
                                 raise _Bad(q, *((stack[0][4], stack[0][5]) if stack else (s0, t)), R_TERM)
+                            pos = q  # an RDB file (replication link): Redis sends no "\r\n" after it
+                        else:  # stream the payload
                             self._rem = q + 2 - end
                             self._pkind = kind
                             self._pstart = s0
@@ -529,10 +528,6 @@ class ReplyDecoder:
                             self._pgap = 0
                             pos = end
                             break
-                        elif buf[q] != 13 or buf[q + 1] != 10:
-                            raise _Bad(q, *((stack[0][4], stack[0][5]) if stack else (s0, t)), R_TERM)
-                        else:
-                            pos = q + 2
                         if build:
                             r = Reply(kind, buf[p:q] if ln <= _RKEEP else buf[p : p + _RKEEP], t, base + pos - s0)
                         else:
@@ -682,6 +677,10 @@ class ReplyDecoder:
                             skeep += buf[p : min(q, p + room)]
                         pos = q + 2
                         continue
+                elif c == 10 and not stack:  # a replication link's keep-alive: counted with the next reply
+                    pend, pend_ts = s0, t
+                    pos += 1
+                    continue
                 else:
                     raise _Bad(pos, *((stack[0][4], stack[0][5]) if stack else (s0, t)), R_TYPE)
             # attach r, an element that ended at pos, to its parent (or emit it)
