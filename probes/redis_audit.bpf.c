@@ -48,7 +48,7 @@
 #define RA_IOV_CAPTURE_BYTES (2 * RA_CAPTURE_BYTES)
 #endif
 #ifndef RA_MAX_IOV
-#define RA_MAX_IOV 1024 /* IOV_MAX */
+#define RA_MAX_IOV 512 /* IOV_MAX is 1024: more steps than the verifier takes */
 #endif
 #ifndef RA_MAX_CONNS
 #define RA_MAX_CONNS 65536
@@ -292,13 +292,7 @@ static __always_inline void emit(struct ra_sock *s, __u8 dir, __u64 ubuf, __u64 
 	}
 }
 
-/* The n bytes an iovec syscall moved, as one byte stream: iovec after
- * iovec into records of up to RA_IOV_PIECE bytes, so small iovecs share a
- * record and a big one spans several. redis writev()s up to ~84 KiB at a
- * time: its reply blocks (~20 KiB each) and, for replies whose length is
- * only known at the end (COMMAND, XRANGE, CONFIG GET...), hundreds of tiny
- * ones. A record per iovec capped at a piece cut those replies' framing.
- * Returns the bytes copied (the caller reports the rest as a gap). */
+/* Submit the record emit_iov has filled (its bytes end at the cursor's done). */
 static __always_inline void iov_submit(struct ra_sock *s, __u8 dir, struct ra_iov_event *e, __u64 pos)
 {
 	volatile struct ra_iov_cursor *c = &e->c;
@@ -315,6 +309,13 @@ static __always_inline void iov_submit(struct ra_sock *s, __u8 dir, struct ra_io
 	c->fill = 0;
 }
 
+/* The n bytes an iovec syscall moved, as one byte stream: iovec after
+ * iovec into records of up to RA_IOV_PIECE bytes, so small iovecs share a
+ * record and a big one spans several. redis writev()s up to ~84 KiB at a
+ * time: its reply blocks (~20 KiB each) and, for replies whose length is
+ * only known at the end (COMMAND, XRANGE, CONFIG GET...), hundreds of tiny
+ * ones. A record per iovec capped at a piece cut those replies' framing.
+ * Returns the bytes copied (the caller reports the rest as a gap). */
 static __always_inline __u64 emit_iov(struct ra_sock *s, __u8 dir, __u64 iov, __u64 iovcnt, __u64 n, __u64 pos)
 {
 	__u32 zero = 0;
