@@ -242,9 +242,6 @@ class Session:
     # ----------------------------------------------------------------- replies
     def reply(self, rep: Reply) -> None:
         """A server reply or push, in stream order."""
-        if self._replica:
-            self.stats.replicated += 1
-            return
         pending = self._pending
         if pending and not self._subs and not self._monitor:
             # Fast path, most replies: the head expects exactly this one ordinary reply.
@@ -277,6 +274,9 @@ class Session:
                 if pending and pending[0].expect == 0:
                     self._settle(rep.ts_ns)
                 return
+        if self._replica:  # (its requests expect no reply: nothing is pending for the fast path above)
+            self.stats.replicated += 1
+            return
         if self._monitor and _is_monitor_line(rep):
             self.stats.monitor_lines += 1
             return
