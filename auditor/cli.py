@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from auditor import __version__
+from auditor import __version__, limits
 
 EPILOG_RUN = """examples:
   sudo redis-audit run                       # audit every local redis-server until Ctrl-C
@@ -32,7 +32,7 @@ EPILOG_SNIFF = """examples:
   sudo redis-audit sniff --iface eth0 --port 6379 --port 6380 --write-pcap /tmp/redis.pcap
 """
 EPILOG_REPLAY = """examples:
-  redis-audit replay capture.pcap                   # server port 6379
+  redis-audit replay capture.pcap                   # port 6379 + ports found carrying RESP
   redis-audit replay --port 7000 a.pcap b.pcapng    # several files, another port
   redis-audit replay capture.pcap --keys hash --json
 """
@@ -121,7 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("replay", help="audit pcap / pcapng files", epilog=EPILOG_REPLAY, formatter_class=fmt)
     p.add_argument("files", nargs="+", type=Path, metavar="FILE")
-    p.add_argument("--port", type=int, action="append", default=[], help="Redis server port (default 6379)")
+    p.add_argument(
+        "--port",
+        type=int,
+        action="append",
+        default=[],
+        help="Redis server port, repeatable (default: 6379 and any port clients send RESP commands to)",
+    )
     p.add_argument("--jobs", type=int, default=None, help="worker processes (default: one per core for big files)")
     _common(p)
 
@@ -234,6 +240,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 
     from auditor.replay import default_jobs, replay_to_sink
+    from auditor.sources.portscan import detect_ports
 
     for f in args.files:
         if not f.is_file() or not os.access(f, os.R_OK):
@@ -244,6 +251,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
     show = err.is_terminal and not args.json and sum(f.stat().st_size for f in args.files) > 5_000_000
     t0 = time.monotonic()
     jobs = args.jobs if args.jobs is not None else default_jobs(args.files)
+    ports = set(args.port)
+    if not ports:
+        ports = {limits.DEFAULT_PORT}
+        found = detect_ports(args.files, ports)
+        if found:
+            seen = ", ".join(f"{p} ({n} command segment{'s' * (n > 1)})" for p, n in sorted(found.items()))
+            err.print(f"Redis commands also on port {seen}: auditing it too (--port N chooses the ports)")
+            ports |= set(found)
     columns = ("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TimeRemainingColumn())
     # auto_refresh=False: no refresh thread, so parallel replay can fork its workers safely (a lock held by
     # another thread at fork time stays held in the child); the callback below redraws instead.
@@ -256,7 +271,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
         result, stats = replay_to_sink(
             args.files,
-            set(args.port) or {6379},
+            ports,
             policy,
             key,
             sink,
@@ -264,8 +279,18 @@ def cmd_replay(args: argparse.Namespace) -> int:
             progress=progress,
         )
     summary = _summary(result.totals, stats, time.monotonic() - t0)
-    summary |= {"packets": result.packets, "files_failed": len(result.failed)}
+    summary |= {
+        "packets": result.packets,
+        "server_ports": ",".join(map(str, sorted(ports))),
+        "other_port_packets": result.other_port,
+        "files_failed": len(result.failed),
+    }
     _print_summary(summary, args.json, f"replayed {len(args.files)} file(s) into {sink.out}")
+    if not result.totals.commands and result.other_port and not result.failed:
+        err.print(
+            f"[yellow]note:[/] no Redis commands on port {summary['server_ports']}, but {result.other_port} TCP "
+            "segments on other ports: if Redis listens elsewhere, pass --port N"
+        )
     for line in result.failed:
         err.print(f"[bold red]error:[/] {escape(line)}")
     if result.failed:

@@ -32,6 +32,7 @@ PARALLEL_MIN_BYTES = 16 * 1024 * 1024
 class ReplayResult:
     totals: Totals
     packets: int = 0
+    other_port: int = 0  # TCP segments of connections to other ports (not Redis, or a --port not given)
     failed: list[str] = field(default_factory=list)  # one line per unreadable file
 
 
@@ -61,6 +62,7 @@ def replay(
         except CaptureError as e:
             result.failed.append(str(e))  # names the file already
         result.packets += reader.stats.packets
+    result.other_port = tracker.other_port  # (the tracker spans the files)
     if result.failed:  # a part could not be read: its connections' ends were never seen
         for ev in tracker.finish(last_ts):
             pipe.feed(ev)
@@ -133,7 +135,8 @@ def replay_to_sink(
     parts.sort(key=lambda r: r["k"])
     total = Totals()
     stats = SinkStats()
-    result = ReplayResult(total, packets=parts[0]["packets"], failed=parts[0]["failed"])
+    other = sum(part["other_port"] for part in parts)  # each segment is counted by one worker
+    result = ReplayResult(total, packets=parts[0]["packets"], other_port=other, failed=parts[0]["failed"])
     for part in parts:
         _merge(total, part["totals"])
         for rel, sha, nbytes, nrows in part["files"]:
@@ -180,5 +183,12 @@ def _worker(
     sink.close()
     totals = {f.name: getattr(result.totals, f.name) for f in fields(Totals)}
     results.put(
-        {"k": k, "totals": totals, "packets": result.packets, "failed": result.failed, "files": sink.unrecorded}
+        {
+            "k": k,
+            "totals": totals,
+            "packets": result.packets,
+            "other_port": result.other_port,
+            "failed": result.failed,
+            "files": sink.unrecorded,
+        }
     )
