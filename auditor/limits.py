@@ -48,7 +48,8 @@ MAX_DECODER_BUFFER = 1024 * 1024
 # --- Sessions -----------------------------------------------------------------
 # Requests waiting for a reply per connection (pipelining). redis-benchmark -P
 # 1000 stays below this; above it the oldest are flushed as status 'unknown'
-# and counted as evictions.
+# and counted as evictions (their replies, which come first, are skipped so the
+# rest still pair with their own).
 MAX_PENDING_REQUESTS = 100_000
 # Commands queued inside one MULTI before they are flushed as 'unknown'.
 MAX_QUEUED_IN_MULTI = 100_000

@@ -138,6 +138,7 @@ class Session:
     _monitor: bool = False
     _replica: bool = False  # a SYNC / PSYNC was answered: a replication link from now on
     _proto_reply: Reply | None = None  # "ERR Protocol error" that came before its parse error
+    _owed: int = 0  # replies still to come for evicted requests: skipped, so that later ones pair right
 
     def __post_init__(self) -> None:
         if not self.mid_stream:
@@ -207,9 +208,16 @@ class Session:
     def _push(self, p: _Pending) -> None:
         self._pending.append(p)
         if len(self._pending) > limits.MAX_PENDING_REQUESTS:
-            old = self._pending.popleft()
-            self.stats.evicted += 1
-            self._finish(old, Status.UNKNOWN, detail="evicted: too many pending requests")
+            self._evict()
+
+    def _evict(self) -> None:
+        """The oldest pending request goes out as ``unknown``; the replies it still expects will come first,
+        and are skipped (a deep pipeline of N requests, then N replies, stays paired)."""
+        old = self._pending.popleft()
+        self.stats.evicted += 1
+        if old.expect > old.got and not old.optional:
+            self._owed += old.expect - old.got
+        self._finish(old, Status.UNKNOWN, detail="evicted: too many pending requests")
 
     @property
     def plain(self) -> bool:
@@ -225,6 +233,7 @@ class Session:
             or self._replica
             or self._proto_reply is not None
             or self._out
+            or self._owed
         )
 
     def adopt(self, items: list[tuple[Request, int]]) -> None:
@@ -236,12 +245,14 @@ class Session:
             new.append(_Pending(ex, req.args[0].upper(), 1))
         self._pending.extendleft(reversed(new))
         while len(self._pending) > limits.MAX_PENDING_REQUESTS:
-            self.stats.evicted += 1
-            self._finish(self._pending.popleft(), Status.UNKNOWN, detail="evicted: too many pending requests")
+            self._evict()
 
     # ----------------------------------------------------------------- replies
     def reply(self, rep: Reply) -> None:
         """A server reply or push, in stream order."""
+        if self._owed and rep.kind is not RespType.PUSH:
+            self._owed -= 1  # an evicted request's
+            return
         pending = self._pending
         if pending and not self._subs and not self._monitor:
             # Fast path, most replies: the head expects exactly this one ordinary reply.
@@ -476,6 +487,7 @@ class Session:
         answered inside it; their outcome is unknown."""
         self.stats.gaps += 1
         self._event(Event.GAP, gap.ts_ns, detail=f"to_client: {gap.reason}", lost_bytes=gap.nbytes)
+        self._owed = 0  # (evicted requests are older than any pending one: their replies count as lost too)
         self._flush_before(gap.ts_ns, "reply lost in a capture gap")
 
     def request_error(self, err: ParseError) -> None:
@@ -499,6 +511,7 @@ class Session:
         self.stats.parse_errors += 1
         detail = f"to_client: {err.reason}"
         self._event(Event.PARSE_ERROR, err.ts_ns, detail=detail, lost_bytes=err.nbytes, status=Status.UNKNOWN)
+        self._owed = 0
         self._flush_before(err.ts_ns, "reply unreadable (parse error)")
 
     def _flush_before(self, ts_ns: int, why: str) -> None:

@@ -335,3 +335,35 @@ def test_pending_is_bounded(monkeypatch):
     assert len(rows) == 25
     assert sum(r.status is Status.UNKNOWN for r in rows) == 15 and c.s.stats.evicted == 15
     assert [r.seq for r in rows] == list(range(1, 26))
+
+
+def test_replies_of_evicted_requests_are_skipped(monkeypatch):
+    """A pipeline deeper than the bound, then its replies: the evicted requests' replies come first and must
+    not be paired with the requests still pending (each INCR's reply is its own number here)."""
+    from auditor import limits
+
+    monkeypatch.setattr(limits, "MAX_PENDING_REQUESTS", 10)
+    c = Conv()
+    for i in range(25):
+        c.req("INCRBY", "n", str(i))
+    for i in range(25):
+        c.rep(":", i) if i != 20 else c.rep("-", b"ERR not an integer")
+    c.rep("$", b"stray")  # one more than was asked for: unmatched
+    rows = c.close()
+    assert [r.status for r in rows[:15]] == [Status.UNKNOWN] * 15
+    assert [r.reply_int for r in rows[15:] if r.status is Status.OK] == [i for i in range(15, 25) if i != 20]
+    assert rows[20].status is Status.ERROR
+    assert c.s.stats.evicted == 15 and c.s.stats.unmatched_replies == 1
+
+
+def test_evicted_replies_lost_in_a_gap_are_not_owed(monkeypatch):
+    from auditor import limits
+
+    monkeypatch.setattr(limits, "MAX_PENDING_REQUESTS", 2)
+    c = Conv()
+    for i in range(4):
+        c.req("INCRBY", "n", str(i))
+    c.s.reply_gap(Gap(c.tick(), 100, "capture gap"))  # the replies of all four were in the hole
+    c.req("GET", "k").rep("$", b"v")
+    rows = c.close()
+    assert [r.status for r in rows if r.event is Event.COMMAND] == [Status.UNKNOWN] * 4 + [Status.OK]
