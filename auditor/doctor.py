@@ -127,6 +127,8 @@ def check_tracefs() -> Check:
         )
     opt = [t for t in OPTIONAL_TRACEPOINTS if not (d / "events" / t).is_dir()]
     note = f" (no {', '.join(opt)}: Unix socket clients will have no pid)" if opt else ""
+    if not (d / "uprobe_events").exists():
+        note += " (no uprobes: TLS connections cannot be audited)"
     return Check("tracefs", True, f"{d}, syscall/sched/sock tracepoints present{note}")
 
 

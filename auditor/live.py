@@ -133,6 +133,10 @@ def cmd_live(args: argparse.Namespace) -> int:
     summary["rows"] = sink.stats.rows
     summary["files"] = sink.stats.files
     _print_summary(summary, args.json, f"audited {source.describe()} into {sink.out}")
+    for line in getattr(getattr(source, "stats", None), "tls_errors", ()):
+        Console(stderr=True, highlight=False, soft_wrap=True).print(
+            f"[yellow]warning:[/] TLS connections of {escape(line)} were not audited (SSL probes not attached)"
+        )
     return 0
 
 

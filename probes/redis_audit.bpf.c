@@ -189,6 +189,25 @@ BPF_PERCPU_ARRAY(iov_scratch, struct ra_iov_event, 1);
 BPF_PERCPU_ARRAY(counters, __u64, RA_CNT_MAX);
 BPF_ARRAY(next_cid, __u64, 1);
 
+/* TLS (OpenSSL's SSL_read / SSL_write, uprobes that user space attaches per
+ * target process): a thread inside one of them, what it was called with. */
+struct ra_ssl_call {
+	__u64 ssl;
+	__u64 buf;
+	__s64 fd; /* the socket its syscalls used; -1 until one ran */
+	__u32 dir;
+	__u32 handshake;
+};
+struct ra_ssl_key {
+	__u64 tgid;
+	__u64 ssl;
+};
+BPF_HASH(ssl_calls, __u64, struct ra_ssl_call, 4096); /* pid_tgid -> the call */
+/* SSL * -> its socket: an SSL_read served from OpenSSL's buffer makes no syscall */
+BPF_TABLE("lru_hash", struct ra_ssl_key, __s64, ssl_fds, 65536);
+/* tgids in which an SSL call ran: only their syscalls look up ssl_calls */
+BPF_ARRAY(tls_bits, __u64, RA_PID_WORDS);
+
 /*
  * Notification: no wakeup per record (the consumer drains on a short timer);
  * the one record that makes the pending data cross RA_WAKEUP_BYTES wakes it
@@ -221,6 +240,14 @@ static __always_inline int is_target(__u32 tgid)
 {
 	__u32 word = tgid / 64;
 	__u64 *w = target_bits.lookup(&word);
+
+	return w && (*w >> (tgid & 63)) & 1;
+}
+
+static __always_inline int uses_tls(__u32 tgid)
+{
+	__u32 word = tgid / 64;
+	__u64 *w = tls_bits.lookup(&word);
 
 	return w && (*w >> (tgid & 63)) & 1;
 }
@@ -387,6 +414,22 @@ static __always_inline int io_exit(long ret, __u8 kind, __u8 dir)
 	s = socks.lookup(&key);
 	if (!s)
 		return 0; /* not a client socket: a file, a pipe, /proc/self/stat */
+	if (uses_tls(tgid)) {
+		__u64 id = bpf_get_current_pid_tgid();
+		struct ra_ssl_call *c = ssl_calls.lookup(&id);
+
+		if (c) { /* ciphertext inside SSL_read/SSL_write/a handshake: the socket is this SSL's */
+			struct ra_ssl_key k = {.tgid = tgid, .ssl = c->ssl};
+			__s64 fd = a.fd;
+
+			c->fd = fd;
+			s->tls = 1;
+			ssl_fds.update(&k, &fd);
+			return 0;
+		}
+		if (s->tls)
+			return 0; /* ciphertext outside them (SSL_shutdown's close_notify) */
+	}
 	pos = s->pos[dir];
 	s->pos[dir] = pos + ret;
 	s->events++;
@@ -776,3 +819,94 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 		count(RA_CNT_LOST_CTRL, 1);
 	return 0;
 }
+
+/* ------------------------------------------------------------------------
+ * TLS: the plaintext at OpenSSL's API. Entry stashes the call; the syscalls
+ * inside it name the socket (io_exit above) and are not captured; the return
+ * copies the `ret` plaintext bytes as the connection's data. A handshake
+ * (SSL_do_handshake, SSL_accept) only names the socket, so its ciphertext
+ * is not captured either. User space attaches these to the libssl each target
+ * maps, for that process only.
+ * ------------------------------------------------------------------------ */
+
+static __always_inline int ssl_enter(struct pt_regs *ctx, __u32 dir, __u32 handshake)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tgid = id >> 32;
+	struct ra_ssl_call c = {};
+
+	if (!is_target(tgid))
+		return 0;
+	if (!uses_tls(tgid)) {
+		__u32 word = tgid / 64;
+		__u64 *w = tls_bits.lookup(&word);
+
+		if (w)
+			__sync_fetch_and_or(w, 1ULL << (tgid & 63));
+	}
+	c.ssl = PT_REGS_PARM1(ctx);
+	c.buf = PT_REGS_PARM2(ctx);
+	c.fd = -1;
+	c.dir = dir;
+	c.handshake = handshake;
+	/* a handshake inside SSL_read (renegotiation) keeps SSL_read's entry */
+	ssl_calls.update(&id, &c);
+	return 0;
+}
+
+static __always_inline int ssl_exit(struct pt_regs *ctx, __u32 handshake)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tgid = id >> 32;
+	struct ra_ssl_call *c = ssl_calls.lookup(&id);
+	struct ra_sock_key key = {};
+	struct ra_sock *s;
+	long ret = PT_REGS_RC(ctx);
+	__s64 fd;
+	__u64 buf, pos;
+	__u32 dir;
+
+	if (!c || c->handshake != handshake)
+		return 0;
+	fd = c->fd;
+	buf = c->buf;
+	dir = c->dir & 1;
+	if (fd < 0) {
+		struct ra_ssl_key k = {.tgid = tgid, .ssl = c->ssl};
+		__s64 *f = ssl_fds.lookup(&k);
+
+		if (f)
+			fd = *f;
+	}
+	ssl_calls.delete(&id);
+	if (handshake || ret <= 0)
+		return 0;
+	if (fd < 0) {
+		count(RA_CNT_TLS_NOFD, 1);
+		return 0;
+	}
+	key.tgid = tgid;
+	key.fd = fd;
+	s = socks.lookup(&key);
+	if (!s)
+		return 0;
+	s->tls = 1;
+	pos = s->pos[dir];
+	s->pos[dir] = pos + ret;
+	s->events++;
+	emit(s, dir, buf, ret, pos, RA_CAPTURE_BYTES, RA_PIECES);
+	return 0;
+}
+
+int ssl_read_enter(struct pt_regs *ctx) { return ssl_enter(ctx, 0, 0); }
+int ssl_write_enter(struct pt_regs *ctx) { return ssl_enter(ctx, 1, 0); }
+int ssl_handshake_enter(struct pt_regs *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+
+	if (ssl_calls.lookup(&id))
+		return 0; /* inside SSL_read/SSL_write, or SSL_accept -> SSL_do_handshake */
+	return ssl_enter(ctx, 0, 1);
+}
+int ssl_io_exit(struct pt_regs *ctx) { return ssl_exit(ctx, 0); }
+int ssl_handshake_exit(struct pt_regs *ctx) { return ssl_exit(ctx, 1); }

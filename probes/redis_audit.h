@@ -34,6 +34,7 @@ enum ra_counter {
 	RA_CNT_LOST_CTRL = 2,  /* accept/close/exec/exit/peer records refused */
 	RA_CNT_SOCKS_FULL = 3, /* accepted sockets not tracked: map full */
 	RA_CNT_IOV_REST = 4,   /* syscalls with iovecs past RA_MAX_IOV (a gap) */
+	RA_CNT_TLS_NOFD = 5,   /* SSL_read/SSL_write bytes of an SSL whose socket is unknown */
 	RA_CNT_MAX = 8,
 };
 
@@ -51,7 +52,7 @@ struct ra_sock {
 	__u32 lost_events[2]; /* not yet reported, per direction */
 	__u64 events;         /* syscalls captured */
 	__u32 need_peer;      /* Unix socket whose client is not known yet */
-	__u32 pad;
+	__u32 tls;            /* TLS: the syscalls carry ciphertext; the data come from SSL_read/SSL_write */
 };
 
 /* Data record header (48 bytes); `len` payload bytes follow. `orig_len`

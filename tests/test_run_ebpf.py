@@ -628,3 +628,80 @@ def test_restarted_redis_is_audited(redis_server: RedisServer, tmp_path: Path) -
     assert (via_cli["command"], via_cli["status"], via_cli["server_pid"], via_cli["client_addr"]) == (
         "GET", "ok", srv.pid, f"unix:{srv.unix_path}"
     )  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------- TLS
+
+
+def make_certs(d: Path) -> dict[str, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1, with the openssl command line."""
+    ssl = require_tool("openssl")
+    p = {k: d / f"{k}.pem" for k in ("ca", "ca_key", "crt", "key")}
+    run = functools.partial(subprocess.run, check=True, capture_output=True, timeout=60)
+    run([ssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=redis-audit test CA",
+         "-keyout", str(p["ca_key"]), "-out", str(p["ca"])])  # fmt: skip
+    csr = d / "srv.csr"
+    run([ssl, "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", str(p["key"]),
+         "-out", str(csr)])  # fmt: skip
+    ext = d / "san.ext"
+    ext.write_text("subjectAltName = IP:127.0.0.1\n")
+    run([ssl, "x509", "-req", "-in", str(csr), "-CA", str(p["ca"]), "-CAkey", str(p["ca_key"]), "-CAcreateserial",
+         "-days", "2", "-extfile", str(ext), "-out", str(p["crt"])])  # fmt: skip
+    return p
+
+
+def test_tls_connections_are_audited_in_plaintext(
+    redis_server_factory: Callable[..., RedisServer], tmp_path: Path
+) -> None:
+    """A TLS port (OpenSSL in redis-server): the probes on SSL_read / SSL_write give the plaintext, none of the
+    ciphertext is taken for commands, secrets sent over TLS stay out of the trail."""
+    certs = make_certs(tmp_path)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        tls_port = s.getsockname()[1]
+    conf = [f"tls-port {tls_port}", f"tls-cert-file {certs['crt']}", f"tls-key-file {certs['key']}",
+            f"tls-ca-cert-file {certs['ca']}", "tls-auth-clients no", ALICE]  # fmt: skip
+    srv, out = redis_server_factory(conf), tmp_path / "trail"
+    before = srv.snapshot()
+    tls_cli = ("--tls", "--cacert", str(certs["ca"]))
+    with audit_run(out, "--pid", str(srv.pid)) as audit:
+        r = redis.Redis(host="127.0.0.1", port=tls_port, ssl=True, ssl_ca_certs=str(certs["ca"]))
+        try:
+            pipe = r.pipeline(transaction=False)
+            for i in range(300):
+                pipe.set(f"tls:{i}", "x" * 40)
+            pipe.execute()
+            with r.pipeline(transaction=True) as tx:
+                tx.incr("tls:n").get("tls:0").execute()
+            r.set("tls:big", "v" * BIG)  # 1 MB each way: many TLS records, SSL_read served from OpenSSL's buffer
+            assert len(r.get("tls:big") or b"") == BIG
+            with pytest.raises(redis.ResponseError):
+                r.lpush("tls:0", "not a list")
+        finally:
+            r.close()
+        p = subprocess.run(
+            [require_tool("redis-cli"), "-h", "127.0.0.1", "-p", str(tls_port), *tls_cli, "--no-auth-warning"],
+            input="AUTH alice CANARY-alice-pw-1\nSET app:t CANARY-tls-value-6\nGET app:t\n",
+            capture_output=True, text=True, timeout=30, check=True,
+        )  # fmt: skip
+        assert p.stdout.split() == ["OK", "OK", "CANARY-tls-value-6"], p.stdout
+        cli(srv, "SET", "plain:k", "v")  # the plain port of the same server, meanwhile
+        summary = audit.stop()
+    delta = srv.snapshot().delta(before)
+    everything = check_run(out, summary, audit)  # (no parse_error and no gap: no ciphertext was parsed)
+    cmds = [r for r in everything if r["event"] == "command"]
+    got = Counter(command_key(r) for r in counted_by_redis(cmds))
+    assert dict(got) == {k: s["calls"] + s["rejected_calls"] for k, s in delta["commandstats"].items()}
+
+    tls = [r for r in cmds if r["server_port"] == tls_port]
+    assert {r["client_comm"] for r in tls} >= {"redis-cli"} and all(r["client_addr"] == "127.0.0.1" for r in tls)
+    assert sum(r["command"] == "SET" and r["keys"][0].startswith("tls:") for r in tls) == 301
+    big = [r for r in tls if r["keys"] == ["tls:big"]]
+    assert [(r["command"], r["status"]) for r in big] == [("SET", "ok"), ("GET", "ok")]
+    assert big[0]["request_bytes"] > BIG and big[1]["reply_bytes"] > BIG
+    assert [r["status"] for r in tls if r["command"] == "LPUSH"] == ["error"]
+    via_cli = [(r["command"], r["status"], r["user"]) for r in tls if r["client_comm"] == "redis-cli"]
+    assert via_cli[-3:] == [("AUTH", "ok", "alice"), ("SET", "ok", "alice"), ("GET", "ok", "alice")], via_cli
+    assert [r["server_port"] for r in cmds if r["keys"] == ["plain:k"]] == [srv.port]
+    leaks = {where for where, text in output_texts(out, audit).items() if b"CANARY" in text}
+    assert not leaks, f"a password or the planted value reached {sorted(leaks)}"

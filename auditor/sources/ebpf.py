@@ -74,7 +74,7 @@ BPF_SOURCE = PROBES_DIR / "redis_audit.bpf.c"
 
 # enum ra_type / ra_counter in probes/redis_audit.h
 RA_DATA, RA_ACCEPT, RA_CLOSE, RA_EXEC, RA_EXIT, RA_PEER = 1, 2, 3, 4, 5, 6
-CNT_LOST_DATA, CNT_LOST_BYTES, CNT_LOST_CTRL, CNT_SOCKS_FULL, CNT_IOV_REST = range(5)
+CNT_LOST_DATA, CNT_LOST_BYTES, CNT_LOST_CTRL, CNT_SOCKS_FULL, CNT_IOV_REST, CNT_TLS_NOFD = range(6)
 
 # ring record header (u32 len, u32 pg_off) + struct ra_data_hdr: one unpack
 _REC = struct.Struct("<IIHHIQQQIIQ")
@@ -98,6 +98,16 @@ _PID_MAX_LIMIT = 4 * 1024 * 1024
 _HOLD_S = 1.0
 _UNIX_PEER_TPS = (b"sock:sk_data_ready", b"sock:sock_recv_length")
 _RESCAN_S = 5.0
+# OpenSSL functions probed in each target's libssl: (symbol, entry program, return program). SSL_accept
+# calls SSL_do_handshake; either alone names the socket of a handshake, whose ciphertext is not captured.
+_SSL_PROBES = (
+    (b"SSL_read", b"ssl_read_enter", b"ssl_io_exit"),
+    (b"SSL_write", b"ssl_write_enter", b"ssl_io_exit"),
+    (b"SSL_do_handshake", b"ssl_handshake_enter", b"ssl_handshake_exit"),
+    (b"SSL_accept", b"ssl_handshake_enter", b"ssl_handshake_exit"),
+)
+# Housekeeping passes (one a second) that look for the libssl of a server that has none mapped yet.
+_TLS_TRIES = 5
 
 
 class EbpfError(RuntimeError):
@@ -155,6 +165,9 @@ class EbpfStats:
     lost_conn_events: int = 0
     untracked_conns: int = 0
     iov_gaps: int = 0
+    tls_servers: int = 0  # targets whose SSL_read/SSL_write are probed
+    tls_unattributed: int = 0  # SSL_read/SSL_write calls whose socket was not known: their bytes are lost
+    tls_errors: list[str] = field(default_factory=list)  # libssl files the probes could not attach to
     targets: dict[int, dict[str, int]] = field(default_factory=dict)
 
 
@@ -171,7 +184,7 @@ class _Conn:
 class _Proc:
     """A target server process."""
 
-    __slots__ = ("comm", "listeners", "matches", "pid", "pidfd", "uid")
+    __slots__ = ("comm", "listeners", "matches", "pid", "pidfd", "tls", "tls_tries", "uid")
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
@@ -180,6 +193,8 @@ class _Proc:
         self.pidfd = ebpf_sock.pidfd_open(pid)
         self.listeners: dict[int, ebpf_sock.Endpoint | None] = {}
         self.matches: bool | None = None  # --port: listens on one of them
+        self.tls: str | None = None  # the libssl its SSL_read/SSL_write probes are attached to
+        self.tls_tries = 0  # looks at its maps (an exec'd server maps libssl a moment later)
 
     def close(self) -> None:
         if self.pidfd is not None:
@@ -254,7 +269,7 @@ class EbpfSource:
         self._stats = EbpfStats()
         self._closed_stats: dict[int, dict[str, int]] = {}  # per server pid, connections closed
         self._targets_at = -1e9  # when stats.targets was last computed
-        self._reported = [0] * 5  # kernel counters already turned into Loss events
+        self._reported = [0] * 6  # kernel counters already turned into Loss events
         self._clock = 0
         self._next_drain = 0.0
         self._next_housekeeping = 0.0
@@ -363,6 +378,8 @@ class EbpfSource:
             "lost_bytes": st.lost_bytes,
             "lost_conn_events": st.lost_conn_events,
             "untracked_conns": st.untracked_conns,
+            "tls_servers": st.tls_servers,
+            "tls_unattributed": st.tls_unattributed,
         }
 
     def __enter__(self) -> EbpfSource:
@@ -383,9 +400,10 @@ class EbpfSource:
         s = self._stats
         if self._bpf is None:
             return s
-        c = [int(self._counters.sum(ct.c_int(i)).value) for i in range(5)]
-        s.lost_events, s.lost_bytes, s.lost_conn_events, s.untracked_conns, s.iov_gaps = c
+        c = [int(self._counters.sum(ct.c_int(i)).value) for i in range(6)]
+        s.lost_events, s.lost_bytes, s.lost_conn_events, s.untracked_conns, s.iov_gaps, s.tls_unattributed = c
         s.servers = len(self._procs)
+        s.tls_servers = sum(p.tls is not None for p in self._procs.values())
         now = time.monotonic()
         if now - self._targets_at >= 1.0:
             self._targets_at = now
@@ -689,7 +707,42 @@ class EbpfSource:
         self._set_target_bit(pid, True)
         if seed:
             self._seed(proc)
+        self._attach_tls(proc)
         return proc
+
+    def _attach_tls(self, proc: _Proc) -> None:
+        """Probes on the SSL_read / SSL_write / handshake of the libssl this server maps, for this process
+        only (other processes using the library pay nothing): its TLS connections are audited in plaintext."""
+        if proc.tls is not None or proc.tls_tries >= _TLS_TRIES or self._bpf is None:
+            return
+        proc.tls_tries += 1
+        lib = procfs.mapped_library(proc.pid, "libssl.so")
+        if lib is None:
+            return
+        path = f"/proc/{proc.pid}/root{lib}".encode()  # the process's own file, also inside a container
+        attached: list[tuple[bytes, bool]] = []
+        try:
+            for sym, enter, leave in _SSL_PROBES:
+                self._bpf.attach_uprobe(name=path, sym=sym, fn_name=enter, pid=proc.pid)
+                attached.append((sym, False))
+                self._bpf.attach_uretprobe(name=path, sym=sym, fn_name=leave, pid=proc.pid)
+                attached.append((sym, True))
+        except Exception as e:  # bcc raises bare Exception
+            self._detach_tls(proc.pid, path, attached)
+            proc.tls_tries = _TLS_TRIES
+            self._stats.tls_errors.append(f"pid {proc.pid}: {lib}: {e}")
+            return
+        proc.tls = path.decode()
+
+    def _detach_tls(self, pid: int, path: bytes, probes: list[tuple[bytes, bool]]) -> None:
+        if self._bpf is None:
+            return
+        for sym, ret in probes:
+            with contextlib.suppress(Exception):
+                if ret:
+                    self._bpf.detach_uretprobe(name=path, sym=sym, pid=pid)
+                else:
+                    self._bpf.detach_uprobe(name=path, sym=sym, pid=pid)
 
     def _drop_target(self, tgid: int, ts: int, out: list[SourceEvent]) -> None:
         self._set_target_bit(tgid, False)
@@ -705,6 +758,9 @@ class EbpfSource:
             self._end(c, ts, "exit", out)
         proc = self._procs.pop(tgid, None)
         if proc is not None:
+            if proc.tls is not None:
+                every = [(sym, ret) for sym, _, _ in _SSL_PROBES for ret in (False, True)]
+                self._detach_tls(tgid, proc.tls.encode(), every)
             proc.close()
 
     @staticmethod
@@ -873,15 +929,21 @@ class EbpfSource:
                     )
                     self._held[cid] = (self._held[cid][0], meta, tracked, since)
                 self._release(cid, out)
-        for pid in list(self._procs):
+        for pid, proc in list(self._procs.items()):
             if procfs.alive(pid):
                 self._set_target_bit(pid, True)  # in case a racing update lost it
+                self._attach_tls(proc)
             else:
                 self._drop_target(pid, ts, out)  # its exit record was lost
         lost_ctrl = int(self._counters.sum(ct.c_int(CNT_LOST_CTRL)).value)
         if lost_ctrl > self._reported[CNT_LOST_CTRL]:
             out.append(Loss(None, ts, _RING_FULL + " (connection records)", lost_ctrl - self._reported[CNT_LOST_CTRL]))
             self._reported[CNT_LOST_CTRL] = lost_ctrl
+        nofd = int(self._counters.sum(ct.c_int(CNT_TLS_NOFD)).value)
+        if nofd > self._reported[CNT_TLS_NOFD]:
+            n = nofd - self._reported[CNT_TLS_NOFD]
+            out.append(Loss(None, ts, "TLS reads/writes of a connection whose socket was not seen", n))
+            self._reported[CNT_TLS_NOFD] = nofd
         if self.pids is None and now >= self._next_rescan:
             # a safety net for exec records lost in a full ring buffer
             self._next_rescan = now + _RESCAN_S

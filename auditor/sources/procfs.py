@@ -65,6 +65,20 @@ def alive(pid: int) -> bool:
     return True
 
 
+def mapped_library(pid: int, prefix: str) -> str | None:
+    """Path (as the process sees it) of the first mapped file whose name starts with ``prefix``
+    (``libssl.so``), from /proc/PID/maps; None if there is none or the process is gone."""
+    try:
+        with open(f"/proc/{pid}/maps", "rb") as f:
+            for line in f:
+                path = line.rstrip(b"\n").split(maxsplit=5)[5:]
+                if path and path[0].rsplit(b"/", 1)[-1].startswith(prefix.encode()):
+                    return path[0].decode("utf-8", "surrogateescape")
+    except OSError:
+        return None
+    return None
+
+
 def find_servers(comms: frozenset[str] = SERVER_COMMS) -> list[int]:
     """Pids (tgids) of every process whose comm is one of ``comms``."""
     pids = []
