@@ -764,6 +764,21 @@ static __always_inline int is_server_comm(const char *c)
 	return 0;
 }
 
+/* exec and exit records are rare and wake the consumer at once: a server
+ * started with `daemonize yes` is the child of the exec'd process, found by
+ * user space from /proc when that one exits. */
+static __always_inline void proc_record(struct ra_proc *e)
+{
+	struct ra_proc *r = events.ringbuf_reserve(sizeof(struct ra_proc));
+
+	if (!r) {
+		count(RA_CNT_LOST_CTRL, 1);
+		return;
+	}
+	__builtin_memcpy(r, e, sizeof(struct ra_proc));
+	events.ringbuf_submit(r, BPF_RB_FORCE_WAKEUP);
+}
+
 TRACEPOINT_PROBE(sched, sched_process_exec)
 {
 	struct ra_proc e = {};
@@ -787,8 +802,7 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
 			__sync_fetch_and_or(w, 1ULL << (e.tgid & 63));
 	}
 #endif
-	if (events.ringbuf_output(&e, sizeof(e), 0))
-		count(RA_CNT_LOST_CTRL, 1);
+	proc_record(&e);
 	return 0;
 }
 
@@ -815,8 +829,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 	e.tgid = tgid;
 	e.ts = bpf_ktime_get_ns();
 	bpf_get_current_comm(e.comm, sizeof(e.comm));
-	if (events.ringbuf_output(&e, sizeof(e), 0))
-		count(RA_CNT_LOST_CTRL, 1);
+	proc_record(&e);
 	return 0;
 }
 

@@ -24,7 +24,7 @@ from typing import Any
 import duckdb
 import pytest
 import redis
-from redis_fixtures import RedisServer, RespConn, require_tool
+from redis_fixtures import RedisServer, RespConn, free_port, require_tool
 from test_sniff import AUDIT, Audit, command_key, counted_by_redis, rows
 
 from auditor import doctor
@@ -628,6 +628,37 @@ def test_restarted_redis_is_audited(redis_server: RedisServer, tmp_path: Path) -
     assert (via_cli["command"], via_cli["status"], via_cli["server_pid"], via_cli["client_addr"]) == (
         "GET", "ok", srv.pid, f"unix:{srv.unix_path}"
     )  # fmt: skip
+
+
+
+def test_a_daemonized_server_is_picked_up(tmp_path: Path) -> None:
+    """`daemonize yes`: the exec'd redis-server forks the server and exits, so the server itself is never an exec.
+    Its parent's exit makes the auditor look for it at once (here with --port, which it listens on only a moment
+    after it starts)."""
+    port, out, pidfile = free_port(), tmp_path / "trail", tmp_path / "redis.pid"
+    argv = [require_tool("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--daemonize", "yes",
+            "--pidfile", str(pidfile), "--dir", str(tmp_path), "--save", "",
+            "--logfile", str(tmp_path / "log")]  # fmt: skip
+    pid = 0
+    try:
+        with audit_run(out, "--port", str(port)) as audit:
+            subprocess.run(argv, check=True, timeout=30)
+            deadline = time.monotonic() + 10
+            while not pidfile.exists() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            pid = int(pidfile.read_text())
+            time.sleep(RESTART_PICKUP_S)
+            with RespConn(port) as c:
+                assert c.call("SET", "daemon:k", "1") == "OK"
+                assert c.call("GET", "daemon:k") == b"1"
+                client_port = c.sock.getsockname()[1]
+            summary = audit.stop()
+    finally:
+        if pid:
+            os.kill(pid, 9)
+    everything = check_run(out, summary, audit)
+    mine = [r for r in everything if r["event"] == "command" and r["client_port"] == client_port]
+    assert [(r["command"], r["status"], r["server_pid"]) for r in mine] == [("SET", "ok", pid), ("GET", "ok", pid)]
 
 
 # --------------------------------------------------------------------------------------------- TLS

@@ -106,6 +106,8 @@ _SSL_PROBES = (
     (b"SSL_do_handshake", b"ssl_handshake_enter", b"ssl_handshake_exit"),
     (b"SSL_accept", b"ssl_handshake_enter", b"ssl_handshake_exit"),
 )
+# A server that does not listen on --port when found is asked again every second for this long.
+_YOUNG_S = 10.0
 # Housekeeping passes (one a second) that look for the libssl of a server that has none mapped yet.
 _TLS_TRIES = 5
 
@@ -264,7 +266,7 @@ class EbpfSource:
         self._ignored: dict[int, float] = {}  # cid -> when: filtered out by --port (its names entry is "")
         self._backlog = False  # the last drain stopped at EBPF_MAX_BATCH_BYTES
         self._procs: dict[int, _Proc] = {}
-        self._rejected: set[int] = set()  # servers not listening on --port
+        self._rejected: dict[int, float] = {}  # servers not listening on --port -> when first seen so
         self._pending: list[SourceEvent] = []
         self._stats = EbpfStats()
         self._closed_stats: dict[int, dict[str, int]] = {}  # per server pid, connections closed
@@ -570,6 +572,9 @@ class EbpfSource:
         elif typ == RA_EXIT:
             _, _, tgid, ts, _, _, _ = _PROC.unpack_from(data, off)
             self._drop_target(tgid, ts + self._clock, out)
+            if self.pids is None:
+                # `daemonize yes`: the exec'd process forks the server and exits; the child is not an exec
+                self._rescan(out)
         elif typ == RA_PEER:
             _, _, _, cid, _, pid, uid, comm = _PEER.unpack_from(data, off)
             if cid in self._held:
@@ -702,12 +707,12 @@ class EbpfSource:
         if self.ports is not None and seed and not self._listens_on_ports(proc):
             del self._procs[pid]
             proc.close()
-            self._rejected.add(pid)
+            self._rejected.setdefault(pid, time.monotonic())
             return proc
+        self._attach_tls(proc)  # before the bit: a TLS handshake from then on is seen as one
         self._set_target_bit(pid, True)
         if seed:
             self._seed(proc)
-        self._attach_tls(proc)
         return proc
 
     def _attach_tls(self, proc: _Proc) -> None:
@@ -730,7 +735,8 @@ class EbpfSource:
         except Exception as e:  # bcc raises bare Exception
             self._detach_tls(proc.pid, path, attached)
             proc.tls_tries = _TLS_TRIES
-            self._stats.tls_errors.append(f"pid {proc.pid}: {lib}: {e}")
+            if procfs.mapped_library(proc.pid, "libssl.so"):  # (not one that exited meanwhile: a daemon's parent)
+                self._stats.tls_errors.append(f"pid {proc.pid}: {lib}: {e}")
             return
         proc.tls = path.decode()
 
@@ -944,13 +950,20 @@ class EbpfSource:
             n = nofd - self._reported[CNT_TLS_NOFD]
             out.append(Loss(None, ts, "TLS reads/writes of a connection whose socket was not seen", n))
             self._reported[CNT_TLS_NOFD] = nofd
-        if self.pids is None and now >= self._next_rescan:
-            # a safety net for exec records lost in a full ring buffer
-            self._next_rescan = now + _RESCAN_S
-            servers = procfs.find_servers()
-            self._rejected &= set(servers)
-            for pid in servers:
-                if pid not in self._procs and pid not in self._rejected:
-                    self._add_target(pid, seed=True)
-            out.extend(self._pending)
-            self._pending = []
+        if self.pids is None and (
+            now >= self._next_rescan or any(t >= now - _YOUNG_S for t in self._rejected.values())
+        ):
+            self._rescan(out)  # a safety net for exec records lost in a full ring buffer; young rejected servers
+
+    def _rescan(self, out: list[SourceEvent]) -> None:
+        """Servers not known yet, from /proc (seeded: their open connections are audited from now on)."""
+        self._next_rescan = time.monotonic() + _RESCAN_S
+        servers = procfs.find_servers()
+        self._rejected = {pid: t for pid, t in self._rejected.items() if pid in servers}
+        young = time.monotonic() - _YOUNG_S
+        for pid in servers:
+            # a server just started may not listen on --port yet: asked again while young
+            if pid not in self._procs and self._rejected.get(pid, young) >= young:
+                self._add_target(pid, seed=True)
+        out.extend(self._pending)
+        self._pending = []
