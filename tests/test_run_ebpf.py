@@ -693,9 +693,13 @@ def test_tls_connections_are_audited_in_plaintext(
     conf = [f"tls-port {tls_port}", f"tls-cert-file {certs['crt']}", f"tls-key-file {certs['key']}",
             f"tls-ca-cert-file {certs['ca']}", "tls-auth-clients no", ALICE]  # fmt: skip
     srv, out = redis_server_factory(conf), tmp_path / "trail"
-    before = srv.snapshot()
     tls_cli = ("--tls", "--cacert", str(certs["ca"]))
+    early = redis.Redis(host="127.0.0.1", port=tls_port, ssl=True, ssl_ca_certs=str(certs["ca"]))
+    assert early.ping()  # a TLS connection older than the auditor: its handshake is not seen
+    before = srv.snapshot()
     with audit_run(out, "--pid", str(srv.pid)) as audit:
+        assert early.set("tls:early", "1") and early.get("tls:early") == b"1"
+        early.close()
         r = redis.Redis(host="127.0.0.1", port=tls_port, ssl=True, ssl_ca_certs=str(certs["ca"]))
         try:
             pipe = r.pipeline(transaction=False)
@@ -726,7 +730,8 @@ def test_tls_connections_are_audited_in_plaintext(
 
     tls = [r for r in cmds if r["server_port"] == tls_port]
     assert {r["client_comm"] for r in tls} >= {"redis-cli"} and all(r["client_addr"] == "127.0.0.1" for r in tls)
-    assert sum(r["command"] == "SET" and r["keys"][0].startswith("tls:") for r in tls) == 301
+    sets = sum(r["command"] == "SET" and r["keys"][0].startswith("tls:") for r in tls)
+    assert sets == 302  # 300 pipelined, tls:big, tls:early
     big = [r for r in tls if r["keys"] == ["tls:big"]]
     assert [(r["command"], r["status"]) for r in big] == [("SET", "ok"), ("GET", "ok")]
     assert big[0]["request_bytes"] > BIG and big[1]["reply_bytes"] > BIG
@@ -734,5 +739,7 @@ def test_tls_connections_are_audited_in_plaintext(
     via_cli = [(r["command"], r["status"], r["user"]) for r in tls if r["client_comm"] == "redis-cli"]
     assert via_cli[-3:] == [("AUTH", "ok", "alice"), ("SET", "ok", "alice"), ("GET", "ok", "alice")], via_cli
     assert [r["server_port"] for r in cmds if r["keys"] == ["plain:k"]] == [srv.port]
+    assert [(r["command"], r["status"]) for r in tls if r["keys"] == ["tls:early"]] == [("SET", "ok"), ("GET", "ok")]
+    assert summary["tls_servers"] == 1 and summary["tls_unattributed"] == 0
     leaks = {where for where, text in output_texts(out, audit).items() if b"CANARY" in text}
     assert not leaks, f"a password or the planted value reached {sorted(leaks)}"
