@@ -630,7 +630,6 @@ def test_restarted_redis_is_audited(redis_server: RedisServer, tmp_path: Path) -
     )  # fmt: skip
 
 
-
 def test_a_daemonized_server_is_picked_up(tmp_path: Path) -> None:
     """`daemonize yes`: the exec'd redis-server forks the server and exits, so the server itself is never an exec.
     Its parent's exit makes the auditor look for it at once (here with --port, which it listens on only a moment
