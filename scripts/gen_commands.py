@@ -168,6 +168,7 @@ def condense_arg(a: dict[str, Any]) -> dict[str, Any]:
 def condense(info: list[Any], docs: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
     """One COMMAND INFO entry (and its docs) -> {name: entry} incl. subcommands."""
     name, arity, flags, first, last, step, acl = info[:7]
+    name = name.lower()  # module commands (Redis 8's vector sets: VADD...) are named in upper case
     key_specs = info[8] if len(info) > 8 else []
     subs = info[9] if len(info) > 9 else []
     docs = docs or {}

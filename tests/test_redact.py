@@ -87,7 +87,7 @@ ROLE_TABLE: list[tuple[list[str], str, str | None, list[str], list[str]]] = [
         "CLIENT",
         "KILL",
         [],
-        ["USER", "bob", "SKIPME", "yes"],
+        ["USER", "bob", "SKIPME", "YES"],
     ),
     (["ACL", "DELUSER", "bob", "alice"], "ACL", "DELUSER", [], ["bob", "alice"]),
     (["ACL", "GETUSER", "bob"], "ACL", "GETUSER", [], ["bob"]),
