@@ -40,15 +40,18 @@ from __future__ import annotations
 import contextlib
 import ctypes as ct
 import dataclasses
+import functools
 import gc
 import os
 import socket
 import struct
 import sys
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import auditor
 from auditor import doctor, limits, native_enabled
@@ -147,6 +150,22 @@ except ImportError:  # pragma: no cover - a build without a C compiler
     _cdrain = None
 if not native_enabled():
     _cdrain = None
+
+
+def _detach_all(b: Any) -> None:
+    """Detach every tracepoint and uprobe at once: each detach waits for the kernel's grace period (~70-100 ms
+    here), one after another that made stopping take ~2 s. bcc's calls drop the GIL; its bookkeeping is one
+    dict deletion per probe. What fails here is left to ``cleanup()``."""
+    jobs = [functools.partial(b.detach_tracepoint, tp) for tp in list(b.tracepoint_fds)]
+    jobs += [functools.partial(b.detach_uprobe_event, ev) for ev in list(b.uprobe_fds)]
+
+    def run(job: Callable[[], object]) -> None:
+        with contextlib.suppress(Exception):
+            job()
+
+    if len(jobs) > 1:
+        with ThreadPoolExecutor(max_workers=min(len(jobs), 32)) as pool:
+            list(pool.map(run, jobs))
 
 
 @dataclass
@@ -355,6 +374,7 @@ class EbpfSource:
             self._ring.close()
             self._ring = None
         if self._bpf is not None:
+            _detach_all(self._bpf)
             self._bpf.cleanup()
             self._bpf = None
         return out
