@@ -36,6 +36,7 @@ REQUIRED_TRACEPOINTS = (
     "syscalls/sys_enter_close",
     "sched/sched_process_exec",
     "sched/sched_process_exit",
+    "task/task_newtask",
     "sock/inet_sock_set_state",
 )
 # without these (kernels before 6.6) Unix socket clients have no pid/uid/comm

@@ -90,6 +90,7 @@
 #define RA_TCP_ESTABLISHED 1
 #define RA_TCP_SYN_SENT 2
 #define RA_IPPROTO_TCP 6
+#define RA_CLONE_THREAD 0x00010000
 
 /* What the syscall's arguments are, for io_exit. */
 enum ra_kind {
@@ -805,6 +806,35 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
 	proc_record(&e);
 	return 0;
 }
+
+#if RA_AUTO_TARGET
+/* A target's fork (not a thread: CLONE_THREAD is clear) is a target at once:
+ * with `daemonize yes` the exec'd redis-server forks the server and exits, and
+ * the server accepts its first clients before user space could find it. A
+ * BGSAVE / AOF-rewrite child is one too; it touches no client socket of its
+ * own (the socks map is per tgid), and user space drops it when it exits. */
+TRACEPOINT_PROBE(task, task_newtask)
+{
+	struct ra_proc e = {};
+	__u32 parent = bpf_get_current_pid_tgid() >> 32;
+	__u32 child = args->pid, word = child / 64;
+	__u64 *w;
+
+	if (args->clone_flags & RA_CLONE_THREAD || !is_target(parent))
+		return 0;
+	w = target_bits.lookup(&word);
+	if (w)
+		__sync_fetch_and_or(w, 1ULL << (child & 63));
+	e.type = RA_FORK;
+	e.tgid = child;
+	e.parent = parent;
+	e.ts = bpf_ktime_get_ns();
+	e.uid = bpf_get_current_uid_gid();
+	bpf_get_current_comm(e.comm, sizeof(e.comm));
+	proc_record(&e);
+	return 0;
+}
+#endif
 
 TRACEPOINT_PROBE(sched, sched_process_exit)
 {

@@ -20,6 +20,7 @@ enum ra_type {
 	RA_EXEC = 4,   /* a redis-server / valkey-server process exec'd */
 	RA_EXIT = 5,   /* a target process exited (all threads) */
 	RA_PEER = 6,   /* the client process of a Unix socket connection */
+	RA_FORK = 7,   /* a target forked a process (not a thread): a daemon's server, or a BGSAVE child */
 };
 
 enum ra_dir {
@@ -133,7 +134,7 @@ struct ra_proc {
 	__u32 tgid;
 	__u64 ts;
 	__u32 uid;
-	__u32 pad2;
+	__u32 parent; /* RA_FORK: the forking target's tgid */
 	char comm[RA_COMM_LEN];
 };
 

@@ -632,8 +632,8 @@ def test_restarted_redis_is_audited(redis_server: RedisServer, tmp_path: Path) -
 
 def test_a_daemonized_server_is_picked_up(tmp_path: Path) -> None:
     """`daemonize yes`: the exec'd redis-server forks the server and exits, so the server itself is never an exec.
-    Its parent's exit makes the auditor look for it at once (here with --port, which it listens on only a moment
-    after it starts)."""
+    A target's fork is a target in the kernel at once: its very first clients are audited (here with --port,
+    which it listens on only a moment after it starts)."""
     port, out, pidfile = free_port(), tmp_path / "trail", tmp_path / "redis.pid"
     argv = [require_tool("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--daemonize", "yes",
             "--pidfile", str(pidfile), "--dir", str(tmp_path), "--save", "",
@@ -646,18 +646,36 @@ def test_a_daemonized_server_is_picked_up(tmp_path: Path) -> None:
             while not pidfile.exists() and time.monotonic() < deadline:
                 time.sleep(0.02)
             pid = int(pidfile.read_text())
-            time.sleep(RESTART_PICKUP_S)
+            while True:  # at once: the first client of the server, as soon as it listens
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline, "the daemonized redis-server did not listen"
+                    time.sleep(0.005)
             with RespConn(port) as c:
                 assert c.call("SET", "daemon:k", "1") == "OK"
                 assert c.call("GET", "daemon:k") == b"1"
                 client_port = c.sock.getsockname()[1]
+                # a BGSAVE child: a fork of the target too, one that serves no client
+                assert c.call("BGSAVE") == "Background saving started"
+                while b"rdb_bgsave_in_progress:0" not in c.call("INFO", "persistence"):
+                    assert time.monotonic() < deadline + 10, "BGSAVE did not finish"
+                    time.sleep(0.02)
+                time.sleep(0.3)  # the child's exit reaches the auditor
             summary = audit.stop()
     finally:
         if pid:
             os.kill(pid, 9)
     everything = check_run(out, summary, audit)
     mine = [r for r in everything if r["event"] == "command" and r["client_port"] == client_port]
-    assert [(r["command"], r["status"], r["server_pid"]) for r in mine] == [("SET", "ok", pid), ("GET", "ok", pid)]
+    assert [(r["command"], r["status"], r["server_pid"]) for r in mine if r["command"] != "INFO"] == [
+        ("SET", "ok", pid),
+        ("GET", "ok", pid),
+        ("BGSAVE", "ok", pid),
+    ]
+    assert {r["server_pid"] for r in everything if r["server_pid"] is not None} == {pid}
+    assert summary["servers"] == 1, summary  # the BGSAVE child was dropped when it exited
 
 
 # --------------------------------------------------------------------------------------------- TLS

@@ -76,7 +76,7 @@ PROBES_DIR = _probes_dir()
 BPF_SOURCE = PROBES_DIR / "redis_audit.bpf.c"
 
 # enum ra_type / ra_counter in probes/redis_audit.h
-RA_DATA, RA_ACCEPT, RA_CLOSE, RA_EXEC, RA_EXIT, RA_PEER = 1, 2, 3, 4, 5, 6
+RA_DATA, RA_ACCEPT, RA_CLOSE, RA_EXEC, RA_EXIT, RA_PEER, RA_FORK = 1, 2, 3, 4, 5, 6, 7
 CNT_LOST_DATA, CNT_LOST_BYTES, CNT_LOST_CTRL, CNT_SOCKS_FULL, CNT_IOV_REST, CNT_TLS_NOFD = range(6)
 
 # ring record header (u32 len, u32 pg_off) + struct ra_data_hdr: one unpack
@@ -285,6 +285,7 @@ class EbpfSource:
         self._ignored: dict[int, float] = {}  # cid -> when: filtered out by --port (its names entry is "")
         self._backlog = False  # the last drain stopped at EBPF_MAX_BATCH_BYTES
         self._procs: dict[int, _Proc] = {}
+        self._forked: dict[int, int] = {}  # child -> parent: forks of targets, not (yet) serving
         self._rejected: dict[int, float] = {}  # servers not listening on --port -> when first seen so
         self._pending: list[SourceEvent] = []
         self._stats = EbpfStats()
@@ -589,12 +590,29 @@ class EbpfSource:
             if self.pids is None and tgid not in self._procs:
                 # the kernel already made it a target (RA_AUTO_TARGET)
                 self._add_target(tgid, seed=False)
+        elif typ == RA_FORK:
+            # a target's child process, a target in the kernel already: a BGSAVE child, or the server a
+            # `daemonize yes` redis-server forks before it exits (it becomes a full target then, below)
+            _, _, tgid, _, _, parent, _ = _PROC.unpack_from(data, off)
+            if tgid not in self._procs:
+                self._forked[tgid] = parent
+                if not any(c.tgid == parent for c in self._conns.values()):
+                    # a parent that serves nobody is daemonizing: its child is the server, whose TLS
+                    # handshakes must find the SSL probes there (a BGSAVE child's parent has clients)
+                    self._add_target(tgid, seed=False)
         elif typ == RA_EXIT:
             _, _, tgid, ts, _, _, _ = _PROC.unpack_from(data, off)
+            if self._forked.pop(tgid, None) is not None and tgid not in self._procs:
+                self._set_target_bit(tgid, False)  # a child that never served (BGSAVE)
+                return
             self._drop_target(tgid, ts + self._clock, out)
             if self.pids is None:
-                # `daemonize yes`: the exec'd process forks the server and exits; the child is not an exec
-                self._rescan(out)
+                # `daemonize yes`: the exec'd process forked the server and exits
+                for child in [c for c, p in self._forked.items() if p == tgid]:
+                    del self._forked[child]
+                    if child not in self._procs and procfs.alive(child):
+                        self._add_target(child, seed=True)
+                self._rescan(out)  # (and whatever else a lost record hid)
         elif typ == RA_PEER:
             _, _, _, cid, _, pid, uid, comm = _PEER.unpack_from(data, off)
             if cid in self._held:
@@ -955,6 +973,10 @@ class EbpfSource:
                     )
                     self._held[cid] = (self._held[cid][0], meta, tracked, since)
                 self._release(cid, out)
+        for pid in [p for p in self._forked if not procfs.alive(p)]:  # (their exit record was lost)
+            del self._forked[pid]
+            if pid not in self._procs:
+                self._set_target_bit(pid, False)
         for pid, proc in list(self._procs.items()):
             if procfs.alive(pid):
                 self._set_target_bit(pid, True)  # in case a racing update lost it
