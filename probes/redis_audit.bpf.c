@@ -245,6 +245,17 @@ static __always_inline int is_target(__u32 tgid)
 	return w && (*w >> (tgid & 63)) & 1;
 }
 
+#if RA_AUTO_TARGET
+static __always_inline void mark_target(__u32 tgid)
+{
+	__u32 word = tgid / 64;
+	__u64 *w = target_bits.lookup(&word);
+
+	if (w)
+		__sync_fetch_and_or(w, 1ULL << (tgid & 63));
+}
+#endif
+
 static __always_inline int uses_tls(__u32 tgid)
 {
 	__u32 word = tgid / 64;
@@ -765,9 +776,8 @@ static __always_inline int is_server_comm(const char *c)
 	return 0;
 }
 
-/* exec and exit records are rare and wake the consumer at once: a server
- * started with `daemonize yes` is the child of the exec'd process, found by
- * user space from /proc when that one exits. */
+/* exec, fork and exit records are rare and wake the consumer at once (a new
+ * server's SSL probes are attached then; `daemonize yes`: see task_newtask). */
 static __always_inline void proc_record(struct ra_proc *e)
 {
 	struct ra_proc *r = events.ringbuf_reserve(sizeof(struct ra_proc));
@@ -795,13 +805,7 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
 #if RA_AUTO_TARGET
 	/* Track at once so that no accept is missed; user space confirms it
 	 * (with --pid this is compiled out: only the given pids are targets). */
-	{
-		__u32 word = e.tgid / 64;
-		__u64 *w = target_bits.lookup(&word);
-
-		if (w)
-			__sync_fetch_and_or(w, 1ULL << (e.tgid & 63));
-	}
+	mark_target(e.tgid);
 #endif
 	proc_record(&e);
 	return 0;
@@ -817,14 +821,11 @@ TRACEPOINT_PROBE(task, task_newtask)
 {
 	struct ra_proc e = {};
 	__u32 parent = bpf_get_current_pid_tgid() >> 32;
-	__u32 child = args->pid, word = child / 64;
-	__u64 *w;
+	__u32 child = args->pid;
 
 	if (args->clone_flags & RA_CLONE_THREAD || !is_target(parent))
 		return 0;
-	w = target_bits.lookup(&word);
-	if (w)
-		__sync_fetch_and_or(w, 1ULL << (child & 63));
+	mark_target(child);
 	e.type = RA_FORK;
 	e.tgid = child;
 	e.parent = parent;
@@ -892,7 +893,6 @@ static __always_inline int ssl_enter(struct pt_regs *ctx, __u32 dir, __u32 hands
 	c.fd = -1;
 	c.dir = dir;
 	c.handshake = handshake;
-	/* a handshake inside SSL_read (renegotiation) keeps SSL_read's entry */
 	ssl_calls.update(&id, &c);
 	return 0;
 }
@@ -948,7 +948,7 @@ int ssl_handshake_enter(struct pt_regs *ctx)
 	__u64 id = bpf_get_current_pid_tgid();
 
 	if (ssl_calls.lookup(&id))
-		return 0; /* inside SSL_read/SSL_write, or SSL_accept -> SSL_do_handshake */
+		return 0; /* inside SSL_read/SSL_write (renegotiation), or SSL_accept -> SSL_do_handshake: theirs */
 	return ssl_enter(ctx, 0, 1);
 }
 int ssl_io_exit(struct pt_regs *ctx) { return ssl_exit(ctx, 0); }
