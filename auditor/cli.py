@@ -107,6 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="when eBPF is unusable: auto (sniff, say why), sniff (always), none (fail)",
     )
     p.add_argument("--capture-bytes", type=int, default=None, help="payload bytes copied per syscall")
+    p.add_argument(
+        "--tls",
+        action="store_true",
+        help="also audit TLS connections, through uprobes on the servers' OpenSSL (costly per request: see README)",
+    )
     p.add_argument("--iface", action="append", default=[], help="interfaces for the sniff fallback")
     _common(p)
     _live(p)

@@ -50,7 +50,9 @@ def _make_source(args: argparse.Namespace, err: Console) -> LiveSource:
             raise CliError("--write-pcap needs packet capture", "use `redis-audit sniff` or `run --fallback sniff`")
         from auditor.sources.ebpf import EbpfSource
 
-        return EbpfSource(pids=set(args.pid) or None, ports=set(args.port) or None, capture_bytes=args.capture_bytes)
+        return EbpfSource(
+            pids=set(args.pid) or None, ports=set(args.port) or None, capture_bytes=args.capture_bytes, tls=args.tls
+        )
     if args.fallback == "none":
         raise CliError(f"eBPF is unusable here: {why}", "run `redis-audit doctor` for the fix, or use --fallback sniff")
     err.print(f"[yellow]eBPF is unusable ({escape(why)}); auditing with packet capture (sniff) instead[/]")
@@ -133,6 +135,12 @@ def cmd_live(args: argparse.Namespace) -> int:
     summary["rows"] = sink.stats.rows
     summary["files"] = sink.stats.files
     _print_summary(summary, args.json, f"audited {source.describe()} into {sink.out}")
+    unread = summary.get("tls_connections_unread", 0)
+    if unread and not getattr(args, "tls", False):
+        Console(stderr=True, highlight=False, soft_wrap=True).print(
+            f"[yellow]note:[/] {unread} TLS connection(s) were not audited (encrypted); `run --tls` audits them "
+            "through uprobes on OpenSSL, at a cost per request (see README)"
+        )
     for line in getattr(getattr(source, "stats", None), "tls_errors", ()):
         Console(stderr=True, highlight=False, soft_wrap=True).print(
             f"[yellow]warning:[/] TLS connections of {escape(line)} were not audited (SSL probes not attached)"

@@ -420,7 +420,7 @@ class Pipeline:
         affected decoders resync (their byte stream has a hole of unknown size)."""
         self._totals.lost_events += ev.count
         c = self._conns.get(ev.conn) if ev.conn is not None else None
-        if c is not None:
+        if c is not None and ev.nbytes != 0:  # (0: nothing is missing from the byte stream, no resync)
             if c.lane is not None:
                 self._surrender(c)
             if ev.direction in (None, Direction.TO_SERVER):

@@ -107,7 +107,8 @@ class ConnClose:
 class Loss:
     """Events or bytes the source could not deliver (kernel ring buffer full,
     packets dropped by the kernel, truncated file). ``conn`` is None when the
-    loss cannot be attributed to one connection."""
+    loss cannot be attributed to one connection. ``nbytes`` 0: nothing is missing from the connection's byte
+    stream (a TLS connection's ciphertext), so its parsers go on without a resync."""
 
     conn: str | None
     ts_ns: int

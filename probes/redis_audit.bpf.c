@@ -410,6 +410,39 @@ static __always_inline __u64 emit_iov(struct ra_sock *s, __u8 dir, __u64 iov, __
 	return c->done;
 }
 
+/* The first bytes of a direction are a TLS record header (handshake, alert,
+ * change-cipher-spec or data; version 3.x): never a RESP frame. */
+static __always_inline int is_tls_record(__u64 buf)
+{
+	__u8 h[3] = {};
+
+	if (bpf_probe_read_user(h, sizeof(h), (void *)buf))
+		return 0;
+	return h[0] >= 0x14 && h[0] <= 0x17 && h[1] == 0x03 && h[2] <= 0x04;
+}
+
+/* A TLS connection whose handshake no SSL probe saw (`run` without --tls, a
+ * server whose OpenSSL is not probed, or a handshake before the attach): its
+ * ciphertext is not captured, and user space writes one row saying so. */
+static __always_inline void tls_found(struct ra_sock *s, __u32 tgid, __u8 dir)
+{
+	struct ra_tls *e;
+
+	s->tls = 1;
+	count(RA_CNT_TLS_CONNS, 1);
+	e = events.ringbuf_reserve(sizeof(struct ra_tls));
+	if (!e) {
+		count(RA_CNT_LOST_CTRL, 1);
+		return;
+	}
+	e->type = RA_TLS;
+	e->dir = dir;
+	e->tgid = tgid;
+	e->cid = s->cid;
+	e->ts = bpf_ktime_get_ns();
+	events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+}
+
 static __always_inline int io_exit(long ret, __u8 kind, __u8 dir)
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
@@ -426,7 +459,7 @@ static __always_inline int io_exit(long ret, __u8 kind, __u8 dir)
 	s = socks.lookup(&key);
 	if (!s)
 		return 0; /* not a client socket: a file, a pipe, /proc/self/stat */
-	if (uses_tls(tgid)) {
+	if (s->tls || uses_tls(tgid)) {
 		__u64 id = bpf_get_current_pid_tgid();
 		struct ra_ssl_call *c = ssl_calls.lookup(&id);
 
@@ -440,7 +473,11 @@ static __always_inline int io_exit(long ret, __u8 kind, __u8 dir)
 			return 0;
 		}
 		if (s->tls)
-			return 0; /* ciphertext outside them (SSL_shutdown's close_notify) */
+			return 0; /* ciphertext outside them (SSL_shutdown's close_notify, or no SSL probes) */
+	}
+	if (kind == RA_PLAIN && ret >= 3 && !s->pos[dir] && is_tls_record(a.a1)) {
+		tls_found(s, tgid, dir);
+		return 0;
 	}
 	pos = s->pos[dir];
 	s->pos[dir] = pos + ret;

@@ -21,6 +21,7 @@ enum ra_type {
 	RA_EXIT = 5,   /* a target process exited (all threads) */
 	RA_PEER = 6,   /* the client process of a Unix socket connection */
 	RA_FORK = 7,   /* a target forked a process (not a thread): a daemon's server, or a BGSAVE child */
+	RA_TLS = 8,    /* a connection's first bytes are a TLS record: encrypted, not captured */
 };
 
 enum ra_dir {
@@ -36,6 +37,7 @@ enum ra_counter {
 	RA_CNT_SOCKS_FULL = 3, /* accepted sockets not tracked: map full */
 	RA_CNT_IOV_REST = 4,   /* syscalls with iovecs past RA_MAX_IOV (a gap) */
 	RA_CNT_TLS_NOFD = 5,   /* SSL_read/SSL_write bytes of an SSL whose socket is unknown */
+	RA_CNT_TLS_CONNS = 6,  /* connections whose first bytes were a TLS record (RA_TLS) */
 	RA_CNT_MAX = 8,
 };
 
@@ -112,6 +114,16 @@ struct ra_close {
 	__u64 lost_bytes[2];
 	__u64 pos[2];
 	__u64 events;
+};
+
+/* A connection found to carry TLS by its first bytes (not inside an SSL call
+ * the probes saw): its ciphertext is not captured from then on. */
+struct ra_tls {
+	__u16 type;
+	__u16 dir;
+	__u32 tgid;
+	__u64 cid;
+	__u64 ts;
 };
 
 /* The process that wrote the first bytes the server read from a Unix socket

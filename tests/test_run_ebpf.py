@@ -698,23 +698,27 @@ def make_certs(d: Path) -> dict[str, Path]:
     return p
 
 
+def tls_server(factory: Callable[..., RedisServer], d: Path) -> tuple[RedisServer, int, dict[str, Path]]:
+    """A redis-server with a TLS port besides its plain port and Unix socket; the ACL user alice."""
+    certs = make_certs(d)
+    tls_port = free_port()
+    conf = [f"tls-port {tls_port}", f"tls-cert-file {certs['crt']}", f"tls-key-file {certs['key']}",
+            f"tls-ca-cert-file {certs['ca']}", "tls-auth-clients no", ALICE]  # fmt: skip
+    return factory(conf), tls_port, certs
+
+
 def test_tls_connections_are_audited_in_plaintext(
     redis_server_factory: Callable[..., RedisServer], tmp_path: Path
 ) -> None:
-    """A TLS port (OpenSSL in redis-server): the probes on SSL_read / SSL_write give the plaintext, none of the
-    ciphertext is taken for commands, secrets sent over TLS stay out of the trail."""
-    certs = make_certs(tmp_path)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        tls_port = s.getsockname()[1]
-    conf = [f"tls-port {tls_port}", f"tls-cert-file {certs['crt']}", f"tls-key-file {certs['key']}",
-            f"tls-ca-cert-file {certs['ca']}", "tls-auth-clients no", ALICE]  # fmt: skip
-    srv, out = redis_server_factory(conf), tmp_path / "trail"
+    """`run --tls`, a TLS port (OpenSSL in redis-server): the probes on SSL_read / SSL_write give the plaintext, none
+    of the ciphertext is taken for commands, secrets sent over TLS stay out of the trail."""
+    srv, tls_port, certs = tls_server(redis_server_factory, tmp_path)
+    out = tmp_path / "trail"
     tls_cli = ("--tls", "--cacert", str(certs["ca"]))
     early = redis.Redis(host="127.0.0.1", port=tls_port, ssl=True, ssl_ca_certs=str(certs["ca"]))
     assert early.ping()  # a TLS connection older than the auditor: its handshake is not seen
     before = srv.snapshot()
-    with audit_run(out, "--pid", str(srv.pid)) as audit:
+    with audit_run(out, "--pid", str(srv.pid), "--tls") as audit:
         assert early.set("tls:early", "1") and early.get("tls:early") == b"1"
         early.close()
         r = redis.Redis(host="127.0.0.1", port=tls_port, ssl=True, ssl_ca_certs=str(certs["ca"]))
@@ -760,3 +764,35 @@ def test_tls_connections_are_audited_in_plaintext(
     assert summary["tls_servers"] == 1 and summary["tls_unattributed"] == 0
     leaks = {where for where, text in output_texts(out, audit).items() if b"CANARY" in text}
     assert not leaks, f"a password or the planted value reached {sorted(leaks)}"
+
+
+def test_tls_without_the_ssl_probes_is_one_row_per_connection(
+    redis_server_factory: Callable[..., RedisServer], tmp_path: Path
+) -> None:
+    """Without --tls (the default: the SSL probes cost much per request here) a TLS connection is recognised by its
+    first bytes: no ciphertext reaches the parsers (no parse_error rows), one gap row says the connection was not
+    audited, the summary counts it and stderr says how to audit it; the plain port is audited as ever."""
+    srv, tls_port, certs = tls_server(redis_server_factory, tmp_path)
+    out = tmp_path / "trail"
+    with audit_run(out, "--pid", str(srv.pid)) as audit:
+        for _ in range(3):
+            p = subprocess.run(
+                [require_tool("redis-cli"), "-h", "127.0.0.1", "-p", str(tls_port), "--tls", "--cacert",
+                 str(certs["ca"]), "SET", "tls:k", "CANARY-tls-value-7"],
+                capture_output=True, text=True, timeout=30, check=True,
+            )  # fmt: skip
+            assert p.stdout.strip() == "OK"
+        cli(srv, "SET", "plain:k", "v")
+        summary = audit.stop()
+    everything = rows(out)
+    tls_conns = {r["conn_id"] for r in everything if r["event"] == "connect" and r["server_port"] == tls_port}
+    gaps = [r for r in everything if r["event"] == "gap"]
+    assert len(tls_conns) == 3 and {r["conn_id"] for r in gaps} == tls_conns and len(gaps) == 3, gaps
+    assert all(r["detail"].startswith("source: TLS: encrypted, not audited") for r in gaps)
+    assert not [r for r in everything if r["event"] == "parse_error" or r["status"] == "unknown"]
+    assert not [r for r in everything if r["event"] == "command" and r["server_port"] == tls_port]
+    assert [(r["command"], r["status"]) for r in everything if r["keys"] == ["plain:k"]] == [("SET", "ok")]
+    assert summary["tls_connections_unread"] == 3 and summary["tls_servers"] == 0, summary
+    assert summary["parse_errors"] == 0 and summary["lost_events"] == 0, summary
+    note = [line for line in audit.stderr if "3 TLS connection(s) were not audited" in line and "--tls" in line]
+    assert note, audit.stderr

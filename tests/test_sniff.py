@@ -102,12 +102,14 @@ class Audit:
         if kill:
             self.proc.kill()
         try:
-            self.stdout, _ = self.proc.communicate(timeout=STOP_TIMEOUT_S)
+            self.stdout, err = self.proc.communicate(timeout=STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            self.stdout, _ = self.proc.communicate()
+            self.stdout, err = self.proc.communicate()
         if self._reader is not None:
             self._reader.join(5)
+        # communicate() reads stderr too, racing the reader thread for the last lines: keep both shares
+        self.stderr.extend((err or "").splitlines())
         if not kill:
             assert self.proc.returncode == 0, f"exit {self.proc.returncode}: {' | '.join(self.stderr)}"
             self.summary = json.loads(self.stdout.strip().splitlines()[-1])

@@ -76,8 +76,8 @@ PROBES_DIR = _probes_dir()
 BPF_SOURCE = PROBES_DIR / "redis_audit.bpf.c"
 
 # enum ra_type / ra_counter in probes/redis_audit.h
-RA_DATA, RA_ACCEPT, RA_CLOSE, RA_EXEC, RA_EXIT, RA_PEER, RA_FORK = 1, 2, 3, 4, 5, 6, 7
-CNT_LOST_DATA, CNT_LOST_BYTES, CNT_LOST_CTRL, CNT_SOCKS_FULL, CNT_IOV_REST, CNT_TLS_NOFD = range(6)
+RA_DATA, RA_ACCEPT, RA_CLOSE, RA_EXEC, RA_EXIT, RA_PEER, RA_FORK, RA_TLS = 1, 2, 3, 4, 5, 6, 7, 8
+CNT_LOST_DATA, CNT_LOST_BYTES, CNT_LOST_CTRL, CNT_SOCKS_FULL, CNT_IOV_REST, CNT_TLS_NOFD, CNT_TLS_CONNS = range(7)
 
 # ring record header (u32 len, u32 pg_off) + struct ra_data_hdr: one unpack
 _REC = struct.Struct("<IIHHIQQQIIQ")
@@ -89,6 +89,7 @@ _CLOSE = struct.Struct("<HHIQQIIIIQQQQQ")
 # struct ra_proc, struct ra_peer
 _PROC = struct.Struct("<HHIQII16s")
 _PEER = struct.Struct("<HHIQQII16s")
+_TLS = struct.Struct("<HHIQQ")
 
 _DIRS = (Direction.TO_SERVER, Direction.TO_CLIENT)
 _RING_FULL = "ebpf ring buffer full"
@@ -189,6 +190,7 @@ class EbpfStats:
     tls_servers: int = 0  # targets whose SSL_read/SSL_write are probed
     tls_unattributed: int = 0  # SSL_read/SSL_write calls whose socket was not known: their bytes are lost
     tls_errors: list[str] = field(default_factory=list)  # libssl files the probes could not attach to
+    tls_connections: int = 0  # connections whose handshake no SSL probe saw: their bytes are encrypted
     targets: dict[int, dict[str, int]] = field(default_factory=dict)
 
 
@@ -266,6 +268,7 @@ class EbpfSource:
         capture_bytes: int | None = limits.EBPF_CAPTURE_BYTES,
         *,
         ring_bytes: int = limits.EBPF_RINGBUF_BYTES,
+        tls: bool = False,
     ) -> None:
         if capture_bytes is None:
             capture_bytes = limits.EBPF_CAPTURE_BYTES
@@ -276,6 +279,7 @@ class EbpfSource:
         self.ports = set(ports) if ports else None
         self.capture_bytes = capture_bytes
         self.ring_bytes = ring_bytes  # tests shrink it to provoke losses
+        self.tls = tls  # SSL probes: TLS connections in plaintext, at a high price per SSL call (README)
         self._bpf = None
         self._ring: MappedRingBuffer | None = None
         self._names: dict[int, str] = {}  # cid -> conn name ("" = ignored); the hot path
@@ -291,7 +295,7 @@ class EbpfSource:
         self._stats = EbpfStats()
         self._closed_stats: dict[int, dict[str, int]] = {}  # per server pid, connections closed
         self._targets_at = -1e9  # when stats.targets was last computed
-        self._reported = [0] * 6  # kernel counters already turned into Loss events
+        self._reported = [0] * 7  # kernel counters already turned into Loss events
         self._clock = 0
         self._next_drain = 0.0
         self._next_housekeeping = 0.0
@@ -402,6 +406,7 @@ class EbpfSource:
             "lost_conn_events": st.lost_conn_events,
             "untracked_conns": st.untracked_conns,
             "tls_servers": st.tls_servers,
+            "tls_connections_unread": st.tls_connections,
             "tls_unattributed": st.tls_unattributed,
         }
 
@@ -423,8 +428,9 @@ class EbpfSource:
         s = self._stats
         if self._bpf is None:
             return s
-        c = [int(self._counters.sum(ct.c_int(i)).value) for i in range(6)]
-        s.lost_events, s.lost_bytes, s.lost_conn_events, s.untracked_conns, s.iov_gaps, s.tls_unattributed = c
+        c = [int(self._counters.sum(ct.c_int(i)).value) for i in range(7)]
+        s.lost_events, s.lost_bytes, s.lost_conn_events, s.untracked_conns, s.iov_gaps, s.tls_unattributed = c[:6]
+        s.tls_connections = c[CNT_TLS_CONNS]
         s.servers = len(self._procs)
         s.tls_servers = sum(p.tls is not None for p in self._procs.values())
         now = time.monotonic()
@@ -590,6 +596,14 @@ class EbpfSource:
             if self.pids is None and tgid not in self._procs:
                 # the kernel already made it a target (RA_AUTO_TARGET)
                 self._add_target(tgid, seed=False)
+        elif typ == RA_TLS:
+            _, _, _, cid, ts = _TLS.unpack_from(data, off)
+            c = self._conns.get(cid)
+            if c is not None:
+                if c.cid in self._held:
+                    self._release(c.cid, out)
+                why = "TLS: encrypted, not audited" + ("" if self.tls else " (`run --tls` audits it)")
+                out.append(Loss(c.name, ts + self._clock, why, 0, 0))  # (no byte of the plaintext stream)
         elif typ == RA_FORK:
             # a target's child process, a target in the kernel already: a BGSAVE child, or the server a
             # `daemonize yes` redis-server forks before it exits (it becomes a full target then, below)
@@ -756,7 +770,7 @@ class EbpfSource:
     def _attach_tls(self, proc: _Proc) -> None:
         """Probes on the SSL_read / SSL_write / handshake of the libssl this server maps, for this process
         only (other processes using the library pay nothing): its TLS connections are audited in plaintext."""
-        if proc.tls is not None or proc.tls_tries >= _TLS_TRIES or self._bpf is None:
+        if not self.tls or proc.tls is not None or proc.tls_tries >= _TLS_TRIES or self._bpf is None:
             return
         proc.tls_tries += 1
         lib = procfs.mapped_library(proc.pid, "libssl.so")
