@@ -602,7 +602,11 @@ class EbpfSource:
             if c is not None:
                 if c.cid in self._held:
                     self._release(c.cid, out)
-                why = "TLS: encrypted, not audited" + ("" if self.tls else " (`run --tls` audits it)")
+                why = (
+                    "TLS: encrypted bytes before the SSL probes saw the connection, not audited"
+                    if self.tls
+                    else "TLS: encrypted, not audited (`run --tls` audits it)"
+                )
                 out.append(Loss(c.name, ts + self._clock, why, 0, 0))  # (no byte of the plaintext stream)
         elif typ == RA_FORK:
             # a target's child process, a target in the kernel already: a BGSAVE child, or the server a
