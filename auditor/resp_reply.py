@@ -20,7 +20,9 @@ import re
 
 from auditor import limits
 from auditor.resp_request import (
+    _TLS_RS,
     R_AFTER_GAP,
+    R_TLS,
     R_TRUNCATED,
     Segs,
     State,
@@ -29,6 +31,7 @@ from auditor.resp_request import (
     _segs_from,
     _ts_at,
     _two_segs,
+    is_tls_record,
     parse_ll,
 )
 from auditor.types import Gap, ParseError, Reply, RespType
@@ -192,6 +195,10 @@ class ReplyDecoder:
         if self._rs:
             self._resync(data, ts_ns, abs0, out)
             return out
+        if not abs0 and is_tls_record(data):
+            self._rs = _TLS_RS
+            self._err_ts, self._err_n, self._err_reason = ts_ns, n, R_TLS
+            return out
         if self._rem:
             self._payload(data, ts_ns, abs0, out)
             return out
@@ -215,6 +222,10 @@ class ReplyDecoder:
         """Same contract as ``RequestDecoder.gap``."""
         out: list = []
         if nbytes is not None and nbytes <= 0:
+            return out
+        if self._rs == _TLS_RS:
+            self._err_n += nbytes or 0
+            self._pos += nbytes or 0
             return out
         if nbytes is not None and nbytes <= self._rem:
             self._rem -= nbytes
@@ -366,6 +377,9 @@ class ReplyDecoder:
         return Reply(kind, bytes(keep), self._pts, end_abs - self._pstart, None, 0, gap)
 
     def _resync(self, data: bytes, ts: int, abs0: int, out: list) -> None:
+        if self._rs == _TLS_RS:
+            self._err_n += len(data)
+            return
         tail = self._tail
         if tail:
             sp = len(tail)

@@ -72,6 +72,15 @@ R_QUOTES = "unbalanced quotes in request"
 R_NUL = "NUL in inline request"
 R_TRUNCATED = "truncated at end of stream"
 R_AFTER_GAP = "resync after gap"
+R_TLS = "TLS: encrypted, not readable from the traffic"
+# _rs (resync) value of a stream whose first bytes are a TLS record: every byte is counted, none is parsed
+_TLS_RS = 2
+
+
+def is_tls_record(data: bytes) -> bool:
+    """The bytes start with a TLS record header (handshake, alert, change-cipher-spec or application data, version
+    3.x): what a TLS connection's first bytes are, and never a RESP frame or a command Redis would run."""
+    return len(data) >= 3 and 0x14 <= data[0] <= 0x17 and data[1] == 3 and data[2] <= 4
 
 
 Segs = list[tuple[int, int]]  # (offset, read time) of the pieces of a buffer, in order; the first at offset 0
@@ -297,6 +306,10 @@ class RequestDecoder:
         if self._rs:
             self._resync(data, ts_ns, abs0, out)
             return out
+        if not abs0 and is_tls_record(data):
+            self._rs = _TLS_RS
+            self._err_ts, self._err_n, self._err_reason = ts_ns, n, R_TLS
+            return out
         pos = 0
         if self._rem:
             pos = self._payload(data, abs0, out)
@@ -324,6 +337,10 @@ class RequestDecoder:
         resyncs (dropped and skipped bytes go in a following ``ParseError``)."""
         out: list = []
         if nbytes is not None and nbytes <= 0:
+            return out
+        if self._rs == _TLS_RS:  # unreadable either way: counted with the rest
+            self._err_n += nbytes or 0
+            self._pos += nbytes or 0
             return out
         if nbytes is not None and nbytes <= self._rem:
             self._rem -= nbytes
@@ -413,6 +430,9 @@ class RequestDecoder:
             self._gapb = 0
 
     def _resync(self, data: bytes, ts: int, abs0: int, out: list) -> None:
+        if self._rs == _TLS_RS:
+            self._err_n += len(data)
+            return
         tail = self._tail
         if tail:
             # the tail may hold bytes of several reads (small reads, or the line start after a gap)

@@ -517,7 +517,8 @@ class Session:
     def _flush_before(self, ts_ns: int, why: str) -> None:
         pending = self._pending
         while pending and pending[0].ex.ts_ns <= ts_ns:
-            self._finish(pending.popleft(), Status.UNKNOWN, detail=why)
+            p = pending.popleft()
+            self._finish(p, Status.UNKNOWN, detail=p.ex.detail or why)  # (a parse_error row keeps its reason)
 
     def close(self, ts_ns: int, reason: str) -> None:
         """Connection ended: flush what never got a reply."""

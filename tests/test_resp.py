@@ -962,3 +962,27 @@ def test_a_bulk_string_that_starts_like_an_rdb_file_keeps_its_crlf() -> None:
             (RespType.BULK, b"REDIS0010", 15),
             (RespType.INTEGER, 1, 4),
         ], cut
+
+
+# A TLS connection seen from the traffic (replay, sniff): its first bytes are a TLS record header; every byte of the
+# direction is then counted in one ParseError at the end, none is parsed (random ciphertext would otherwise resync
+# onto look-alike frames), gaps included.
+CLIENT_HELLO = bytes.fromhex("160301020001") + bytes(range(256)) * 2
+SERVER_HELLO = bytes.fromhex("160303007a02") + b"*1\r\n$4\r\nPING\r\n+OK\r\n" * 20
+
+
+@pytest.mark.parametrize("decoder", [RequestDecoder, ReplyDecoder])
+def test_tls_streams_are_one_counted_error(decoder) -> None:
+    d = decoder()
+    data = CLIENT_HELLO if decoder is RequestDecoder else SERVER_HELLO
+    assert d.feed(data[:5], 1) == [] and d.feed(data[5:], 2) == []
+    assert d.gap(100, 3) == [] and d.feed(b"*1\r\n$4\r\nPING\r\n", 4) == []  # looks like RESP: still ciphertext
+    (err,) = d.finish(5)
+    assert isinstance(err, ParseError) and err.reason.startswith("TLS: encrypted")
+    assert (err.ts_ns, err.nbytes) == (1, len(data) + 100 + 14)
+
+
+def test_tls_header_only_at_the_stream_start() -> None:
+    d = RequestDecoder()
+    out = d.feed(b"*1\r\n$4\r\nPING\r\n", 1) + d.feed(CLIENT_HELLO[:3] + b"\r\n", 2)
+    assert isinstance(out[0], Request) and not any("TLS" in getattr(f, "reason", "") for f in out + d.finish(3))
