@@ -110,6 +110,8 @@ _SSL_PROBES = (
     (b"SSL_do_handshake", b"ssl_handshake_enter", b"ssl_handshake_exit"),
     (b"SSL_accept", b"ssl_handshake_enter", b"ssl_handshake_exit"),
 )
+# A target that forks this soon after it became one, serving nobody, is daemonizing (not a BGSAVE).
+_DAEMONIZE_S = 2.0
 # A server that does not listen on --port when found is asked again every second for this long.
 _YOUNG_S = 10.0
 # Housekeeping passes (one a second) that look for the libssl of a server that has none mapped yet.
@@ -207,7 +209,7 @@ class _Conn:
 class _Proc:
     """A target server process."""
 
-    __slots__ = ("comm", "listeners", "matches", "pid", "pidfd", "tls", "tls_tries", "uid")
+    __slots__ = ("comm", "listeners", "matches", "pid", "pidfd", "since", "tls", "tls_tries", "uid")
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
@@ -218,6 +220,7 @@ class _Proc:
         self.matches: bool | None = None  # --port: listens on one of them
         self.tls: str | None = None  # the libssl its SSL_read/SSL_write probes are attached to
         self.tls_tries = 0  # looks at its maps (an exec'd server maps libssl a moment later)
+        self.since = time.monotonic()  # when it became a target (its exec, or the attach)
 
     def close(self) -> None:
         if self.pidfd is not None:
@@ -614,9 +617,11 @@ class EbpfSource:
             _, _, tgid, _, _, parent, _ = _PROC.unpack_from(data, off)
             if tgid not in self._procs:
                 self._forked[tgid] = parent
-                if not any(c.tgid == parent for c in self._conns.values()):
-                    # a parent that serves nobody is daemonizing: its child is the server, whose TLS
-                    # handshakes must find the SSL probes there (a BGSAVE child's parent has clients)
+                p = self._procs.get(parent)
+                young = p is not None and time.monotonic() - p.since < _DAEMONIZE_S
+                if young and not any(c.tgid == parent for c in self._conns.values()):
+                    # a parent just started that serves nobody is daemonizing: its child is the server, whose
+                    # TLS handshakes must find the SSL probes there (not so a BGSAVE child)
                     self._add_target(tgid, seed=False)
         elif typ == RA_EXIT:
             _, _, tgid, ts, _, _, _ = _PROC.unpack_from(data, off)
