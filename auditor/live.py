@@ -135,16 +135,15 @@ def cmd_live(args: argparse.Namespace) -> int:
     summary["rows"] = sink.stats.rows
     summary["files"] = sink.stats.files
     _print_summary(summary, args.json, f"audited {source.describe()} into {sink.out}")
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
     unread = summary.get("tls_connections_unread", 0)
     if unread and not getattr(args, "tls", False):
-        Console(stderr=True, highlight=False, soft_wrap=True).print(
+        err.print(
             f"[yellow]note:[/] {unread} TLS connection(s) were not audited (encrypted); `run --tls` audits them "
             "through uprobes on OpenSSL, at a cost per request (see README)"
         )
     for line in getattr(getattr(source, "stats", None), "tls_errors", ()):
-        Console(stderr=True, highlight=False, soft_wrap=True).print(
-            f"[yellow]warning:[/] TLS connections of {escape(line)} were not audited (SSL probes not attached)"
-        )
+        err.print(f"[yellow]warning:[/] TLS connections of {escape(line)} were not audited (SSL probes not attached)")
     return 0
 
 

@@ -33,6 +33,8 @@
  *   RA_HAVE_GROUP_DEAD 1: sched_process_exit has the group_dead field
  *   RA_HAVE_UNIX_PEER  1: sock:sk_data_ready and sock:sock_recv_length exist
  *                      (Linux 6.6); else Unix clients have no pid
+ *   RA_SSL_PROBES      1: `run --tls`, the SSL_read/SSL_write uprobe programs
+ *                      (0: none, and no lookup for them on the data path)
  */
 #include <uapi/linux/ptrace.h>
 
@@ -70,6 +72,9 @@
 #endif
 #ifndef RA_HAVE_UNIX_PEER
 #define RA_HAVE_UNIX_PEER 1
+#endif
+#ifndef RA_SSL_PROBES
+#define RA_SSL_PROBES 1
 #endif
 
 /* records per copied buffer; with RA_CAPTURE_BYTES 0 one record carries
@@ -190,6 +195,7 @@ BPF_PERCPU_ARRAY(iov_scratch, struct ra_iov_event, 1);
 BPF_PERCPU_ARRAY(counters, __u64, RA_CNT_MAX);
 BPF_ARRAY(next_cid, __u64, 1);
 
+#if RA_SSL_PROBES
 /* TLS (OpenSSL's SSL_read / SSL_write, uprobes that user space attaches per
  * target process): a thread inside one of them, what it was called with. */
 struct ra_ssl_call {
@@ -208,6 +214,7 @@ BPF_HASH(ssl_calls, __u64, struct ra_ssl_call, 4096); /* pid_tgid -> the call */
 BPF_TABLE("lru_hash", struct ra_ssl_key, __s64, ssl_fds, 65536);
 /* tgids in which an SSL call ran: only their syscalls look up ssl_calls */
 BPF_ARRAY(tls_bits, __u64, RA_PID_WORDS);
+#endif
 
 /*
  * Notification: no wakeup per record (the consumer drains on a short timer);
@@ -256,6 +263,7 @@ static __always_inline void mark_target(__u32 tgid)
 }
 #endif
 
+#if RA_SSL_PROBES
 static __always_inline int uses_tls(__u32 tgid)
 {
 	__u32 word = tgid / 64;
@@ -263,6 +271,7 @@ static __always_inline int uses_tls(__u32 tgid)
 
 	return w && (*w >> (tgid & 63)) & 1;
 }
+#endif
 
 /* ------------------------------------------------------------------------
  * Data: at sys_exit, copy ret bytes of the syscall's buffer.
@@ -459,6 +468,7 @@ static __always_inline int io_exit(long ret, __u8 kind, __u8 dir)
 	s = socks.lookup(&key);
 	if (!s)
 		return 0; /* not a client socket: a file, a pipe, /proc/self/stat */
+#if RA_SSL_PROBES
 	if (s->tls || uses_tls(tgid)) {
 		__u64 id = bpf_get_current_pid_tgid();
 		struct ra_ssl_call *c = ssl_calls.lookup(&id);
@@ -472,9 +482,10 @@ static __always_inline int io_exit(long ret, __u8 kind, __u8 dir)
 			ssl_fds.update(&k, &fd);
 			return 0;
 		}
-		if (s->tls)
-			return 0; /* ciphertext outside them (SSL_shutdown's close_notify, or no SSL probes) */
 	}
+#endif
+	if (s->tls)
+		return 0; /* ciphertext outside SSL calls (SSL_shutdown's close_notify, or no SSL probes) */
 	if (kind == RA_PLAIN && ret >= 3 && !s->pos[dir] && is_tls_record(a.a1)) {
 		tls_found(s, tgid, dir);
 		return 0;
@@ -910,6 +921,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
  * maps, for that process only.
  * ------------------------------------------------------------------------ */
 
+#if RA_SSL_PROBES
 static __always_inline int ssl_enter(struct pt_regs *ctx, __u32 dir, __u32 handshake)
 {
 	__u64 id = bpf_get_current_pid_tgid();
@@ -990,3 +1002,4 @@ int ssl_handshake_enter(struct pt_regs *ctx)
 }
 int ssl_io_exit(struct pt_regs *ctx) { return ssl_exit(ctx, 0); }
 int ssl_handshake_exit(struct pt_regs *ctx) { return ssl_exit(ctx, 1); }
+#endif /* RA_SSL_PROBES */

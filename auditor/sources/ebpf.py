@@ -228,7 +228,7 @@ class _Proc:
             self.pidfd = None
 
 
-def _cflags(capture_bytes: int, auto_target: bool, ring_bytes: int) -> list[str]:
+def _cflags(capture_bytes: int, auto_target: bool, ring_bytes: int, ssl_probes: bool = False) -> list[str]:
     piece = min(limits.EBPF_PIECE_BYTES, max(1, capture_bytes))
     tp = doctor.tracefs()
     exit_fmt = tp / "events/sched/sched_process_exit/format" if tp else None
@@ -246,6 +246,7 @@ def _cflags(capture_bytes: int, auto_target: bool, ring_bytes: int) -> list[str]
         f"-DRA_AUTO_TARGET={int(auto_target)}",
         f"-DRA_HAVE_GROUP_DEAD={int(have_group_dead)}",
         f"-DRA_HAVE_UNIX_PEER={int(have_unix_peer)}",
+        f"-DRA_SSL_PROBES={int(ssl_probes)}",
     ]
 
 
@@ -310,7 +311,7 @@ class EbpfSource:
     # ------------------------------------------------------------------
 
     def _cflags(self) -> list[str]:
-        return _cflags(self.capture_bytes, self.pids is None, self.ring_bytes)
+        return _cflags(self.capture_bytes, self.pids is None, self.ring_bytes, self.tls)
 
     def start(self) -> None:
         """Load and attach the probes, then track the target processes and
