@@ -36,7 +36,10 @@ PRESETS: dict[str, Preset] = {
         Preset(
             "failed-auth",
             "failed AUTH / HELLO AUTH attempts (who, from where, why)",
-            "SELECT ts, client_addr, client_port, client_comm, args[1] AS attempted_user, command, error "
+            # AUTH user pass / AUTH pass (the default user) / HELLO v AUTH user pass [SETNAME n]
+            "SELECT ts, client_addr, client_port, client_comm, CASE WHEN command = 'HELLO' "
+            "THEN args[list_position(args, 'AUTH') + 1] WHEN len(args) >= 2 THEN args[1] ELSE 'default' END "
+            "AS attempted_user, command, error "
             "FROM audit WHERE event = 'command' AND status = 'error' "
             "AND (command = 'AUTH' OR (command = 'HELLO' AND list_contains(args, 'AUTH'))) ORDER BY ts",
         ),

@@ -71,6 +71,10 @@ def test_failed_auth_preset_content(trail: Path) -> None:
     rows = json.loads(run("query", "--out", str(trail), "--preset", "failed-auth", "--json").stdout)
     assert all(r["error"].startswith(("WRONGPASS", "ERR")) for r in rows)
     assert any(r["error"].startswith("WRONGPASS") for r in rows)
+    # the user named in AUTH user pass / HELLO 3 AUTH user pass; AUTH pass is the default user
+    tried = {(r["command"], r["attempted_user"]) for r in rows}
+    assert {("AUTH", "alice"), ("AUTH", "default"), ("HELLO", "alice")} <= tried, tried
+    assert all(r["attempted_user"] not in ("<secret>", "3") for r in rows)
 
 
 def test_query_errors_are_one_line(trail: Path, tmp_path: Path) -> None:
