@@ -30,6 +30,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 AUDIT = [str(ROOT / ".venv" / "bin" / "redis-audit")]
+# --pin: redis-server and redis-benchmark each on a CPU of their own (`taskset -c`), in every mode alike;
+# MONITOR's client and the auditor are not pinned
+PIN: dict[str, list[str]] = {"server": [], "client": []}
 
 
 def free_port() -> int:
@@ -42,8 +45,8 @@ class Redis:
     def __init__(self, workdir: Path) -> None:
         self.port = free_port()
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(workdir)],
+            [*PIN["server"], "redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(workdir)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         for _ in range(100):
@@ -98,7 +101,8 @@ def steal_pct(t0: list[int], t1: list[int]) -> float:
 
 def benchmark(port: int, n: int, pipeline: int = 1) -> float:
     out = subprocess.run(
-        ["redis-benchmark", "-p", str(port), "-c", "50", "-n", str(n), "-t", "set,get", "-P", str(pipeline), "-q"],
+        [*PIN["client"], "redis-benchmark", "-p", str(port), "-c", "50", "-n", str(n), "-t", "set,get",
+         "-P", str(pipeline), "-q"],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     rates = [float(x) for x in re.findall(r"([\d.]+) requests per second", out)]
@@ -337,8 +341,19 @@ def main() -> int:
         help="overhead: none (the unaudited baseline, always run first), monitor, ebpf (redis-audit run), sniff",
     )
     ap.add_argument("--pipelines", type=int, nargs="+", default=[1, 16])
+    ap.add_argument(
+        "--pin",
+        nargs=2,
+        type=int,
+        metavar=("SERVER_CPU", "CLIENT_CPU"),
+        help="overhead: pin redis-server and redis-benchmark to these CPUs in every mode (the auditor and "
+        "MONITOR's client are not pinned), as Redis's own benchmark notes advise for steadier figures",
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    if args.pin:
+        PIN["server"] = ["taskset", "-c", str(args.pin[0])]
+        PIN["client"] = ["taskset", "-c", str(args.pin[1])]
     args.modes = ["none", *(m for m in dict.fromkeys(args.modes) if m != "none")]  # ratios need the baseline
     if os.geteuid() != 0:
         print("scripts/bench needs root (tcpdump, eBPF)", file=sys.stderr)
