@@ -316,6 +316,8 @@ def _summary(t: Any, s: Any, elapsed: float) -> dict[str, Any]:
         "unknown": t.unknown,
         "gaps": t.gaps,
         "gap_bytes": t.gap_bytes,
+        "truncated_commands": t.truncated,
+        "truncated_bytes": t.truncated_bytes,
         "parse_errors": t.parse_errors,
         "unmatched_replies": t.unmatched_replies,
         "pushes": t.pushes,
@@ -335,7 +337,8 @@ def _print_summary(summary: dict[str, Any], as_json: bool, title: str) -> None:
     table = Table(title=title, show_header=False, title_justify="left")
     table.add_column("what")
     table.add_column("count", justify="right")
-    loss_keys = {"gaps", "gap_bytes", "parse_errors", "unmatched_replies", "evicted", "lost_events", "files_failed"}
+    loss_keys = {"gaps", "gap_bytes", "truncated_commands", "truncated_bytes", "parse_errors", "unmatched_replies"}
+    loss_keys |= {"evicted", "lost_events", "files_failed"}
     for k, v in summary.items():
         style = "yellow" if k in loss_keys and v else None
         table.add_row(k.replace("_", " "), str(v), style=style)

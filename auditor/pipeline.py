@@ -20,6 +20,7 @@ from auditor.resp_request import parse_request
 from auditor.session import Session
 from auditor.stream import Stream
 from auditor.types import (
+    Acked,
     Chunk,
     ConnClose,
     ConnMeta,
@@ -51,6 +52,8 @@ class Totals:
     unknown: int = 0
     gaps: int = 0
     gap_bytes: int = 0
+    truncated: int = 0  # command rows whose request or reply was not captured whole (lost_bytes)
+    truncated_bytes: int = 0
     parse_errors: int = 0
     unmatched_replies: int = 0
     pushes: int = 0
@@ -183,10 +186,11 @@ class Pipeline:
                                 if rest is not None:
                                     self._surrender(c, rest)
                         else:
-                            self._fast_requests(c, ev)
+                            self._fast_requests(c, st.push(ev))
                     else:
                         dec = c.req_dec
-                        for p in c.req_stream.push(ev):
+                        st = c.req_stream
+                        for p in st.push(ev):
                             for f in dec.feed(p[1], p[0]) if type(p) is tuple else dec.gap(p.nbytes, p.ts_ns, p.reason):
                                 if type(f) is Request:
                                     s.request(f)
@@ -201,10 +205,11 @@ class Pipeline:
                         if r is not None:
                             self._lane_replied(c, r)
                     else:
-                        self._fast_replies(c, ev)
+                        self._fast_replies(c, st.push(ev))
                 else:
                     rdec = c.rep_dec
-                    for p in c.rep_stream.push(ev):
+                    st = c.rep_stream
+                    for p in st.push(ev):
                         for g in rdec.feed(p[1], p[0]) if type(p) is tuple else rdec.gap(p.nbytes, p.ts_ns, p.reason):
                             if type(g) is Reply:
                                 s.reply(g)
@@ -225,6 +230,8 @@ class Pipeline:
                 self._close(ev.conn, ev)
             elif type(ev) is Loss:
                 self._loss(ev)
+            elif type(ev) is Acked:
+                self._acked(ev)
 
     def close(self, ts_ns: int, reason: str = "eof") -> None:
         """End of input: flush every connection (pending requests -> no_reply)."""
@@ -254,10 +261,10 @@ class Pipeline:
             lane.enter(st.user, st.db, st.resp, s._seq)
             c.fast = True
 
-    def _fast_requests(self, c: _Conn, ev: Chunk) -> None:
-        """Request bytes of a connection in its lane, through the stream (reordering, gaps)."""
+    def _fast_requests(self, c: _Conn, pieces: list) -> None:
+        """Request pieces (from the stream: reordering, gaps) of a connection in its lane."""
         lane = c.lane
-        for p in c.req_stream.push(ev):
+        for p in pieces:
             if not c.fast:
                 self._requests(c, [p])
             elif type(p) is tuple:
@@ -267,10 +274,10 @@ class Pipeline:
             else:
                 self._surrender(c, [p])
 
-    def _fast_replies(self, c: _Conn, ev: Chunk) -> None:
-        """Reply bytes while the lane has requests or the connection (through the stream)."""
+    def _fast_replies(self, c: _Conn, pieces: list) -> None:
+        """Reply pieces (from the stream) while the lane has requests or the connection."""
         lane = c.lane
-        for p in c.rep_stream.push(ev):
+        for p in pieces:
             if not lane.busy:  # a reply no request in the lane waits for
                 self._requests(c, self._to_python(c))
                 self._replies(c, [p])
@@ -300,7 +307,10 @@ class Pipeline:
             c.fast = False
             s = c.session
             s._seq = lane.seq
-            s.stats.commands += lane.take_commands()
+            n = lane.take_commands()
+            if n:
+                s.stats.commands += n
+                s._unmatched_since_req = 0  # the lane saw requests since any reply the session found unmatched
         req_n, rep_n = lane.take_consumed()
         c.req_dec.advance(req_n)
         c.rep_dec.advance(rep_n)
@@ -415,6 +425,33 @@ class Pipeline:
         elif type(f) is ParseError:
             s.reply_error(f)
 
+    def _acked(self, ev: Acked) -> None:
+        """The peer acknowledged a direction's bytes up to ev.pos: a hole before that is skipped (a Gap) and the
+        bytes buffered behind it go on, before the segment that carried the ACK (the peer's answer to them)."""
+        c = self._conns.get(ev.conn)
+        if c is None:
+            return
+        lane = c.lane
+        if ev.direction is Direction.TO_SERVER:
+            pieces = c.req_stream.acked(ev.pos, ev.ts_ns)
+            if pieces:
+                if c.fast:
+                    self._fast_requests(c, pieces)
+                else:
+                    self._requests(c, pieces)
+        else:
+            pieces = c.rep_stream.acked(ev.pos, ev.ts_ns)
+            if pieces:
+                if c.fast or (lane is not None and lane.busy):
+                    self._fast_replies(c, pieces)
+                else:
+                    self._replies(c, pieces)
+        s = c.session
+        if s._out:
+            self._rows(s.drain())
+        if lane is not None and not c.fast and not s._pending:
+            self._maybe_enter(c)
+
     def _loss(self, ev: Loss) -> None:
         """Events/bytes the source could not deliver: a gap row, and the
         affected decoders resync (their byte stream has a hole of unknown size)."""
@@ -445,6 +482,9 @@ class Pipeline:
             ev = ex.event
             if ev is Event.COMMAND:
                 t.commands += 1
+                if ex.lost_bytes:
+                    t.truncated += 1
+                    t.truncated_bytes += ex.lost_bytes
                 st = ex.status
                 if st is not Status.OK:
                     if st is Status.ERROR:

@@ -78,9 +78,9 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             "losses",
-            "where the auditor was blind: gaps, parse errors, dropped events",
+            "where the auditor was blind: gaps, parse errors, dropped events, values not captured whole",
             "SELECT ts, event, source, conn_id, client_addr, detail, lost_bytes, lost_events FROM audit "
-            "WHERE event IN ('gap', 'parse_error') OR lost_events > 0 ORDER BY ts",
+            "WHERE event IN ('gap', 'parse_error') OR lost_events > 0 OR lost_bytes > 0 ORDER BY ts",
         ),
         Preset(
             "coverage",

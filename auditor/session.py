@@ -75,7 +75,7 @@ class SessionStats:
 class _Pending:
     """A request waiting for its reply (or replies, for SUBSCRIBE ch1 ch2)."""
 
-    __slots__ = ("ex", "cmd", "expect", "got", "queued", "optional")
+    __slots__ = ("ex", "cmd", "expect", "got", "queued", "optional", "blind")
 
     def __init__(self, ex: Exchange, cmd: bytes, expect: int, queued: bool = False, optional: bool = False) -> None:
         self.ex = ex
@@ -84,6 +84,7 @@ class _Pending:
         self.got = 0
         self.queued = queued  # sent inside MULTI: the reply is QUEUED, the result comes with EXEC
         self.optional = optional  # a parse error Redis may (or may not) answer
+        self.blind = False  # sent after a request gap, before pairing was known to be right again
 
 
 @dataclass(slots=True)
@@ -91,6 +92,9 @@ class _State:
     user: str | None
     db: int | None
     resp: int | None
+
+
+BLIND = "after a request gap: its reply may answer a lost request"
 
 
 def _is_monitor_line(rep: Reply) -> bool:
@@ -139,6 +143,12 @@ class Session:
     _replica: bool = False  # a SYNC / PSYNC was answered: a replication link from now on
     _proto_reply: Reply | None = None  # "ERR Protocol error" that came before its parse error
     _owed: int = 0  # replies still to come for evicted requests: skipped, so that later ones pair right
+    # requests were lost (a request gap): until a reply comes with nothing pending (a lost request's answer),
+    # a reply may answer a lost request rather than the next one seen
+    _blind: bool = False
+    # replies that came with nothing pending since the last request seen: a request-response client's lost
+    # request was answered before the gap was known (its next request shows the hole), so pairing is right
+    _unmatched_since_req: int = 0
 
     def __post_init__(self) -> None:
         if not self.mid_stream:
@@ -156,9 +166,12 @@ class Session:
     # ---------------------------------------------------------------- requests
     def request(self, req: Request) -> None:
         """A client command, in stream order."""
+        self._unmatched_since_req = 0
         self._seq += 1
         self.stats.commands += 1
         ex = Exchange(Event.COMMAND, self.conn, req.ts_ns, self.meta, self._seq, None, None, None, req)
+        if req.gap_bytes:  # argument bytes not captured (a value beyond the copy limit, a capture hole)
+            ex.lost_bytes = req.gap_bytes
         args = req.args
         cmd = args[0].upper() if args else b""
         expect = 1
@@ -206,6 +219,8 @@ class Session:
         return expect
 
     def _push(self, p: _Pending) -> None:
+        if self._blind:
+            p.blind = True
         self._pending.append(p)
         if len(self._pending) > limits.MAX_PENDING_REQUESTS:
             self._evict()
@@ -234,12 +249,15 @@ class Session:
             or self._proto_reply is not None
             or self._out
             or self._owed
+            or self._blind
         )
 
     def adopt(self, items: list[tuple[Request, int]]) -> None:
         """Requests the fast lane took (with their seq, oldest first) and hands
         back unanswered: they go ahead of everything queued here."""
         new = []
+        if items:  # (an unmatched reply came before them: the lane pairs any later one)
+            self._unmatched_since_req = 0
         for req, seq in items:
             ex = Exchange(Event.COMMAND, self.conn, req.ts_ns, self.meta, seq, None, None, None, req)
             new.append(_Pending(ex, req.args[0].upper(), 1))
@@ -265,6 +283,7 @@ class Session:
                 and kind is not RespType.PUSH
                 and head.cmd not in SPECIAL
                 and rep.ts_ns >= head.ex.ts_ns
+                and not head.blind
             ):
                 pending.popleft()
                 ex = head.ex
@@ -329,6 +348,8 @@ class Session:
                     self._proto_reply = rep  # the decoder reports the bad request once it has resynced
                 else:
                     self.stats.unmatched_replies += 1
+                    self._unmatched_since_req += 1
+                    self._blind = False  # a lost request's answer: the next request seen gets the next reply
                 return
             head = pending[0]
             if head.expect == VARIABLE and head.got > 0 and confirmation != head.cmd.lower():
@@ -343,6 +364,13 @@ class Session:
         if rep.ts_ns < head.ex.ts_ns:
             # Read before its supposed request was sent: answers a request we never saw.
             self.stats.unmatched_replies += 1
+            self._unmatched_since_req += 1
+            return
+        if head.blind and confirmation is None:
+            # after a request gap this reply may answer a lost request: the outcome is not known
+            pending.popleft()
+            self._finish(head, Status.UNKNOWN, detail=BLIND)
+            self._settle(rep.ts_ns)
             return
         ex = head.ex
         if head.got == 0:
@@ -398,6 +426,8 @@ class Session:
             self._out.append(ex)
             return
         if rep is not None:
+            if rep.gap_bytes:
+                ex.lost_bytes = (ex.lost_bytes or 0) + rep.gap_bytes
             if rep.is_error:
                 ex.error = rep.value if isinstance(rep.value, bytes) else b""
             elif rep.kind is RespType.INTEGER and isinstance(rep.value, int):
@@ -478,7 +508,11 @@ class Session:
 
     # ------------------------------------------------------- losses and errors
     def request_gap(self, gap: Gap) -> None:
-        """Client bytes were lost: an unknown number of commands."""
+        """Client bytes were lost: an unknown number of commands, whose replies will come before those of the
+        requests seen next; those are ``unknown`` until a reply comes with nothing pending (unless such a
+        reply already came after the last request seen: a client that waits for each reply)."""
+        if not self._unmatched_since_req:
+            self._blind = True
         self.stats.gaps += 1
         self._event(Event.GAP, gap.ts_ns, detail=f"to_server: {gap.reason}", lost_bytes=gap.nbytes)
 

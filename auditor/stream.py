@@ -108,6 +108,26 @@ class Stream:
             self._drain(out)
         return out
 
+    def acked(self, pos: int, ts_ns: int) -> list[Piece]:
+        """The peer received every byte before ``pos`` (a TCP ACK): a hole before it is not a reordering but
+        bytes the capture missed, so it becomes a ``Gap`` ("not captured (acknowledged)") now, and what was
+        buffered behind it is delivered, rather than waiting for the reorder limits or the end of the connection.
+        Only a hole with buffered data behind it: bytes acknowledged but not seen, with nothing after them
+        yet, may still come (a capture can list the ACK before the data)."""
+        out: list[Piece] = []
+        segs = self._segs
+        while segs and self.expected < pos:
+            if segs[0][0] > pos:  # the hole goes on past what is acknowledged: only [expected, pos) is lost
+                hole = pos - self.expected
+                self.gaps += 1
+                self.gap_bytes += hole
+                out.append(Gap(ts_ns, hole, "not captured (acknowledged)"))
+                self.expected = pos
+                break
+            self._declare_hole(out, ts_ns, "not captured (acknowledged)")
+            self._drain(out)
+        return out
+
     # -- slow path ---------------------------------------------------------------------------------------
 
     def _push_slow(self, chunk: Chunk) -> list[Piece]:

@@ -118,7 +118,19 @@ class Loss:
     direction: Direction | None = None
 
 
-SourceEvent = ConnOpen | Chunk | ConnClose | Loss
+@dataclass(frozen=True, slots=True)
+class Acked:
+    """The peer acknowledged ``direction``'s bytes before ``pos`` (a TCP ACK, from packet sources): a hole before
+    ``pos`` will never be filled, since what was received is not sent again. Only sent for connections with a
+    hole (``TcpTracker.holes``), so that the bytes buffered behind it are parsed before the peer's answer."""
+
+    conn: str
+    direction: Direction
+    pos: int
+    ts_ns: int
+
+
+SourceEvent = ConnOpen | Chunk | ConnClose | Loss | Acked
 
 
 # ----------------------------------------------------------------------------

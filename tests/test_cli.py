@@ -42,7 +42,18 @@ def test_replay_summary_json_and_table(tmp_path: Path) -> None:
     cap = manifest()["pipeline"]
     p = run("replay", str(PCAPS / cap["file"]), "--port", str(cap["server_ports"][0]), "--out", str(tmp_path), "--json")
     s = json.loads(p.stdout)
-    for key in ("packets", "connections", "commands", "errors", "gaps", "parse_errors", "unmatched_replies", "rows"):
+    for key in (
+        "packets",
+        "connections",
+        "commands",
+        "errors",
+        "gaps",
+        "parse_errors",
+        "unmatched_replies",
+        "rows",
+        "truncated_commands",
+        "truncated_bytes",
+    ):
         assert key in s
     assert s["commands"] >= 1300 and s["gaps"] == 0
     p = run("replay", str(PCAPS / cap["file"]), "--port", str(cap["server_ports"][0]), "--out", str(tmp_path / "2"))

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from auditor.sources.pcap import CaptureError, PcapStats, read_pcap
 from auditor.sources.tcp import TcpTracker
 from auditor.stream import Stream
-from auditor.types import Chunk, ConnClose, ConnOpen, Direction, Gap, Loss, Source, SourceEvent
+from auditor.types import Acked, Chunk, ConnClose, ConnOpen, Direction, Gap, Loss, Source, SourceEvent
 
 ROOT = Path(__file__).resolve().parent.parent
 SYNTHETIC = ROOT / "tests" / "pcaps" / "synthetic"
@@ -86,6 +86,10 @@ def replay(path: Path, ports: set[int] | None = None) -> Replay:
             c.close = ev.reason
             for d in Direction:
                 c.pieces[d].extend(c.streams[d].flush(ev.ts_ns, ev.reason))
+        elif isinstance(ev, Acked):  # the peer acknowledged bytes before a hole: the stream skips it
+            c = conns[ev.conn]
+            assert c.close is None, "acked after close"
+            c.pieces[ev.direction].extend(c.streams[ev.direction].acked(ev.pos, ev.ts_ns))
         else:
             assert isinstance(ev, Loss)
             losses.append(ev)
@@ -278,6 +282,29 @@ def test_tracker_evicts_least_recently_active() -> None:
     opens = {e.conn: e.meta.client_port for e in ev if isinstance(e, ConnOpen)}
     assert [(opens[c.conn], c.reason) for c in closes] == [(1002, "evicted")]
     assert t.evicted == 1 and t.open_connections == 2
+
+
+def test_tracker_acks_only_for_a_flow_with_a_hole() -> None:
+    """Data past the highest byte seen is a hole: the peer's ACKs then become Acked events, ahead of the
+    peer's own data, until everything seen is acknowledged."""
+    t = TcpTracker({6379}, Source.PCAP)
+    cl, sv = ("192.0.2.1", 5000, "192.0.2.2", 6379), ("192.0.2.2", 6379, "192.0.2.1", 5000)
+    ev = t.packet(0, *cl, 100, 0x02, b"", 0) + t.packet(1, *sv, 500, 0x12, b"", 0, 101)
+    conn = ev[0].conn
+    ev = t.packet(2, *cl, 101, 0x18, b"PING\r\n", 6, 501)
+    ev += t.packet(3, *sv, 501, 0x18, b"+PONG\r\n", 7, 107)  # no hole: no Acked
+    assert [type(e) for e in ev] == [Chunk, Chunk] and not t.holes
+    ev = t.packet(4, *cl, 113, 0x18, b"PING\r\n", 6, 508)  # bytes 6..12 never seen
+    assert t.holes == {conn}
+    ev = t.packet(5, *sv, 508, 0x18, b"+PONG\r\n+PONG\r\n", 14, 119)  # acknowledges all 18 bytes
+    assert ev[0] == Acked(conn, Direction.TO_SERVER, 18, 5) and type(ev[1]) is Chunk
+    assert not t.holes  # everything seen is acknowledged
+    assert [type(e) for e in t.packet(6, *sv, 522, 0x10, b"", 0, 119)] == []
+    # a hole in the replies: the client's ACKs, also on a data-less segment
+    t.packet(7, *sv, 530, 0x18, b"+OK\r\n", 5, 119)  # reply bytes 21..30 never seen
+    assert t.holes == {conn}
+    assert t.packet(8, *cl, 119, 0x10, b"", 0, 536) == [Acked(conn, Direction.TO_CLIENT, 35, 8)]
+    assert not t.holes
 
 
 def test_tracker_idle_expiry_and_finish() -> None:

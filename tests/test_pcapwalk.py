@@ -117,6 +117,6 @@ def test_the_c_loops_refuse_slots_that_are_not_chunks() -> None:
         with pytest.raises(err):
             drain(b"", 0, 0, 0, 0, {}, dirs, 0, descrs, tcp.Chunk, [])
         with pytest.raises(err):
-            walk(b"", 0, False, 0, 1, -1, 65535, {}, 0, 1, set(), descrs, (1, 2, 3, 4), (1, 2), tcp.Chunk, [])
+            walk(b"", 0, False, 0, 1, -1, 65535, {}, 0, 1, set(), descrs, (1, 2, 3, 4, 5), (1, 2), tcp.Chunk, [], set())
     # and the good ones pass the check (an empty buffer: nothing to do)
     assert drain(b"", 0, 0, 0, 0, {}, dirs, 0, good, tcp.Chunk, [])[1] == 0

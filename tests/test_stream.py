@@ -138,6 +138,30 @@ def test_flush_turns_holes_into_gaps() -> None:
     assert s.push(ch(11, b"l")) == [(0, b"l")]  # still usable
 
 
+def test_an_acknowledged_hole_is_a_gap_at_once() -> None:
+    """The peer acknowledged bytes the capture never had: the hole is skipped now, and what waited behind it
+    is delivered (not held until the reorder limits or the end of the connection)."""
+    s = Stream()
+    feed(s, ch(0, b"ab"), ch(5, b"fg", ts=3), ch(10, b"k", ts=4))
+    A = "not captured (acknowledged)"
+    assert s.acked(2, 50) == [] and s.acked(1, 50) == []  # nothing acknowledged beyond what was delivered
+    out = s.acked(8, 50)  # the first hole, the segment behind it and a byte of the second hole
+    assert flat(out) == [("gap", 3, A), b"fg", ("gap", 1, A)]
+    assert [p.ts_ns for p in out if isinstance(p, Gap)] == [50, 50]
+    assert s.expected == 8 and s.buffered_bytes == 1
+    assert flat(s.acked(9, 60)) == [("gap", 1, A)] and s.expected == 9 and s.buffered_bytes == 1
+    assert flat(s.acked(11, 70)) == [("gap", 1, A), b"k"] and s.expected == 11 and s.buffered_bytes == 0
+    assert s.gaps == 4 and s.gap_bytes == 6
+
+
+def test_acknowledged_bytes_with_nothing_buffered_may_still_come() -> None:
+    """No data behind the hole: the capture may list an ACK before the data it acknowledges."""
+    s = Stream()
+    feed(s, ch(0, b"ab"))
+    assert s.acked(10, 5) == [] and s.expected == 2
+    assert s.push(ch(2, b"cd")) == [(0, b"cd")]
+
+
 def test_repr_has_no_payload() -> None:
     s = Stream()
     s.push(ch(4, b"SECRET"))

@@ -3,7 +3,7 @@
  * TcpTracker.feed, which do the same in Python).
  *
  * walk(buf, off, big_endian, frac_ns, link, l3off, max_rec, flows, shard_k, shard_n, ports,
- *      chunk_descrs, flow_descrs, conn_descrs, chunk_type, out)
+ *      chunk_descrs, flow_descrs, conn_descrs, chunk_type, out, holes)
  *   -> (off, records, tracker_packets, first_ts, last_ts, why)
  *
  * Walks classic pcap records from ``off`` while each is a whole IPv4 (no
@@ -14,7 +14,10 @@
  * the Chunk. Records of other connections' shards are skipped, as
  * TcpTracker._feed_shard does. Stops (why) when the next record is not
  * whole in ``buf`` (0: refill) or is anything else (2): Python handles that
- * one record the usual way. Nothing is changed for a record it stops at.
+ * one record the usual way, as it does data that jumps past the highest
+ * byte seen in its direction (a hole: the flow's ``hi``) and a segment with an
+ * ACK of a connection in ``holes`` (TcpTracker.holes: its Acked events).
+ * Nothing is changed for a record it stops at.
  *
  * Link types: Ethernet without VLAN tags, Linux cooked v1/v2, and the IP
  * link types (``l3off``: the IP header's offset, or -1).
@@ -49,15 +52,15 @@ static PyObject *walk(PyObject *self, PyObject *args) {
     int big, link;
     long long frac_ns;
     long shard_k, shard_n;
-    PyObject *flows, *ports, *cd, *fd, *nd, *out;
+    PyObject *flows, *ports, *cd, *fd, *nd, *out, *holes;
     PyTypeObject *chunk_type;
-    if (!PyArg_ParseTuple(args, "y*npLinnO!llOO!O!O!O!O!", &buf, &off, &big, &frac_ns, &link, &l3off, &max_rec,
+    if (!PyArg_ParseTuple(args, "y*npLinnO!llOO!O!O!O!O!O!", &buf, &off, &big, &frac_ns, &link, &l3off, &max_rec,
                           &PyDict_Type, &flows, &shard_k, &shard_n, &ports, &PyTuple_Type, &cd, &PyTuple_Type, &fd,
-                          &PyTuple_Type, &nd, &PyType_Type, &chunk_type, &PyList_Type, &out))
+                          &PyTuple_Type, &nd, &PyType_Type, &chunk_type, &PyList_Type, &out, &PySet_Type, &holes))
         return NULL;
-    if (PyTuple_GET_SIZE(cd) != 6 || PyTuple_GET_SIZE(fd) != 4 || PyTuple_GET_SIZE(nd) != 2) {
+    if (PyTuple_GET_SIZE(cd) != 6 || PyTuple_GET_SIZE(fd) != 5 || PyTuple_GET_SIZE(nd) != 2) {
         PyBuffer_Release(&buf);
-        PyErr_SetString(PyExc_ValueError, "descriptor tuples: chunk 6, flow 4, conn 2");
+        PyErr_SetString(PyExc_ValueError, "descriptor tuples: chunk 6, flow 5, conn 2");
         return NULL;
     }
     Py_ssize_t so[6]; /* the Chunk's slots: conn, direction, pos, ts_ns, data, orig_len */
@@ -66,7 +69,7 @@ static PyObject *walk(PyObject *self, PyObject *args) {
         return NULL;
     }
     PyObject *f_conn = PyTuple_GET_ITEM(fd, 0), *f_dir = PyTuple_GET_ITEM(fd, 1), *f_seq = PyTuple_GET_ITEM(fd, 2),
-             *f_pos = PyTuple_GET_ITEM(fd, 3);
+             *f_pos = PyTuple_GET_ITEM(fd, 3), *f_hi = PyTuple_GET_ITEM(fd, 4);
     PyObject *n_id = PyTuple_GET_ITEM(nd, 0), *n_last = PyTuple_GET_ITEM(nd, 1);
     const unsigned char *b = buf.buf;
     Py_ssize_t blen = buf.len;
@@ -158,12 +161,33 @@ static PyObject *walk(PyObject *self, PyObject *args) {
         long long pos = refpos + delta;
         Py_ssize_t n = ip_end - p0;
         if (pos < 0 && n) { why = 2; break; }
-        /* from here on the record is ours */
+        long long hi = 0;
+        if (n) {
+            PyObject *h = dget(f_hi, flow);
+            if (!h) goto fail;
+            hi = PyLong_AsLongLong(h);
+            Py_DECREF(h);
+            if (hi == -1 && PyErr_Occurred()) goto fail;
+            if (pos > hi) { why = 2; break; } /* a hole: TcpTracker._hole */
+        }
         PyObject *conn = dget(f_conn, flow);
         if (!conn) goto fail;
+        if (PySet_GET_SIZE(holes) > 0 && (flags & 0x10)) {
+            PyObject *cid = dget(n_id, conn);
+            int in = cid ? PySet_Contains(holes, cid) : -1;
+            Py_XDECREF(cid);
+            if (in) {
+                Py_DECREF(conn);
+                if (in < 0) goto fail;
+                why = 2;
+                break;
+            }
+        }
+        /* from here on the record is ours */
         int bad = dset(n_last, conn, PyLong_FromLongLong(ts));
         if (!bad && n && delta > 0)
             bad = dset(f_seq, flow, PyLong_FromUnsignedLong(seq)) || dset(f_pos, flow, PyLong_FromLongLong(pos));
+        if (!bad && n && pos + n > hi) bad = dset(f_hi, flow, PyLong_FromLongLong(pos + n));
         if (bad) {
             Py_DECREF(conn);
             goto fail;

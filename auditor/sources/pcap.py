@@ -488,10 +488,10 @@ def make_decoder(tracker: TcpTracker, st: PcapStats) -> _Decoder:
     appends its events to ``out``, counts what it skips in ``st``. ``buf`` is anything indexable and sliceable
     to bytes (bytes, an mmap: the live sniffer decodes straight from its capture ring)."""
     feed = tracker.feed
-    ip4tcp = struct.Struct("!BxHxxHxB2x4s4sHHI4xBB").unpack_from  # IPv4 without options, then TCP
+    ip4tcp = struct.Struct("!BxHxxHxB2x4s4sHHIIBB").unpack_from  # IPv4 without options, then TCP
     ip4 = struct.Struct("!BxHxxHxB2x4s4s").unpack_from
     ip6 = struct.Struct("!IHB").unpack_from
-    tcp = struct.Struct("!HHI4xBB").unpack_from
+    tcp = struct.Struct("!HHIIBB").unpack_from
     u16 = struct.Struct("!H").unpack_from
     ip_links = _IP_LINKS
     vlan = _VLAN_TPIDS
@@ -543,7 +543,7 @@ def make_decoder(tracker: TcpTracker, st: PcapStats) -> _Decoder:
         # -- IP
         if et == 0x0800:
             if l3 + 40 <= end and buf[l3] == 0x45:
-                _, tl, frag, proto, src, dst, sport, dport, seq, offb, flags = ip4tcp(buf, l3)
+                _, tl, frag, proto, src, dst, sport, dport, seq, ack, offb, flags = ip4tcp(buf, l3)
                 ihl = 20
                 t = l3 + 20
             else:
@@ -560,7 +560,7 @@ def make_decoder(tracker: TcpTracker, st: PcapStats) -> _Decoder:
                     if t + 20 > end:
                         st.malformed += 1
                         return
-                    sport, dport, seq, offb, flags = tcp(buf, t)
+                    sport, dport, seq, ack, offb, flags = tcp(buf, t)
             if proto != 6:
                 st.non_tcp += 1
                 return
@@ -611,7 +611,7 @@ def make_decoder(tracker: TcpTracker, st: PcapStats) -> _Decoder:
             if t + 20 > end:
                 st.malformed += 1
                 return
-            sport, dport, seq, offb, flags = tcp(buf, t)
+            sport, dport, seq, ack, offb, flags = tcp(buf, t)
         else:
             st.non_ip += 1
             return
@@ -630,6 +630,6 @@ def make_decoder(tracker: TcpTracker, st: PcapStats) -> _Decoder:
                 ip_end = wire_end if wire_end > p0 else p0
             payload = buf[p0:end] if end > p0 else b""
             orig = ip_end - p0 if ip_end - p0 > len(payload) else len(payload)
-        feed(out, ts, src, sport, dst, dport, seq, flags, payload, orig)
+        feed(out, ts, src, sport, dst, dport, seq, flags, payload, orig, ack)
 
     return decode

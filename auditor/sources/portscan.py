@@ -70,6 +70,7 @@ class _Survey:
         flags: int,
         payload: bytes,
         orig_len: int,
+        ack: int = 0,
     ) -> None:
         if payload[:1] != b"*" or dport in self.known or sport in self.known or sport in self.found:
             return

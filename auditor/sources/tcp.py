@@ -18,6 +18,12 @@ stream stage orders them.
   don't open a phantom connection; a SYN always starts a new one.
 - The table holds at most ``max_connections``; beyond, the least recently active connection is evicted
   (second-chance approximation of LRU: amortised O(1), no per-packet bookkeeping).
+- A direction whose data jumped ahead of the highest byte seen (``hi``) has a hole: its connection is in
+  ``holes`` until the peer acknowledges everything seen, and gets ``Acked`` events, before the segment's own
+  data: the position up to which the segment's ACK number acknowledges the other direction. Bytes the peer
+  acknowledged are never sent again, so such a hole is a loss of the capture (tcpdump's "packets dropped by
+  kernel"), not a reordering: the stream skips it at once instead of holding every later request until its
+  reorder limit, while their replies go by unmatched.
 - Connection ids are a hash of source, 4-tuple, client ISN and first timestamp: the same capture gives the same
   ids on every replay.
 
@@ -33,7 +39,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 from auditor import limits, native_enabled
-from auditor.types import CHUNK_SLOTS, Chunk, ConnClose, ConnMeta, ConnOpen, Direction, Source, SourceEvent
+from auditor.types import CHUNK_SLOTS, Acked, Chunk, ConnClose, ConnMeta, ConnOpen, Direction, Source, SourceEvent
 
 FIN = 0x01
 SYN = 0x02
@@ -74,7 +80,7 @@ class _Flow:
     """One direction of a connection: ``ref_seq`` is a raw sequence number whose stream position is ``ref_pos``
     (None until the base is known: SYN seen, or first data)."""
 
-    __slots__ = ("conn", "d", "direction", "fin", "ref_pos", "ref_seq")
+    __slots__ = ("acked", "conn", "d", "direction", "fin", "hi", "hole", "ref_pos", "ref_seq")
 
     def __init__(self, conn: _Conn, d: int) -> None:
         self.conn = conn
@@ -83,6 +89,9 @@ class _Flow:
         self.ref_seq: int | None = None
         self.ref_pos = 0
         self.fin = False
+        self.hi = 0  # the end of the highest bytes seen
+        self.hole = False  # data came after a hole, not yet all acknowledged
+        self.acked = 0  # the last position an Acked event was sent for
 
 
 class _Conn:
@@ -139,6 +148,7 @@ class TcpTracker:
         self.idle = 0
         self.after_close = 0
         self.before_start_bytes = 0
+        self.holes: set[str] = set()  # ids of connections with a flow whose hole is not all acknowledged
 
     @property
     def open_connections(self) -> int:
@@ -155,10 +165,12 @@ class TcpTracker:
         flags: int,
         payload: bytes,
         orig_payload_len: int,
+        ack: int = 0,
     ) -> list[SourceEvent]:
-        """One TCP segment -> its events. ``orig_payload_len`` > ``len(payload)``: the rest was not captured."""
+        """One TCP segment -> its events. ``orig_payload_len`` > ``len(payload)``: the rest was not captured.
+        ``ack``: the acknowledgment number (used when the ACK flag is set)."""
         out: list[SourceEvent] = []
-        self.feed(out, ts_ns, src_ip, sport, dst_ip, dport, seq, flags, payload, orig_payload_len)
+        self.feed(out, ts_ns, src_ip, sport, dst_ip, dport, seq, flags, payload, orig_payload_len, ack)
         return out
 
     def _feed_shard(
@@ -173,11 +185,12 @@ class TcpTracker:
         flags: int,
         payload: bytes,
         orig_payload_len: int,
+        ack: int = 0,
     ) -> None:
         k, n = self._shard
         # Mix the client port first: Linux gives connect() even ports, so port % 2 would not split.
         if (((sport if dport in self.server_ports else dport) * 0x9E3779B1) >> 12) % n == k:
-            TcpTracker.feed(self, out, ts_ns, src_ip, sport, dst_ip, dport, seq, flags, payload, orig_payload_len)
+            TcpTracker.feed(self, out, ts_ns, src_ip, sport, dst_ip, dport, seq, flags, payload, orig_payload_len, ack)
 
     def feed(
         self,
@@ -191,15 +204,18 @@ class TcpTracker:
         flags: int,
         payload: bytes,
         orig_payload_len: int,
+        ack: int = 0,
     ) -> None:
         """Like ``packet`` but appends the events to ``out`` (no list per segment: the pcap reader's path)."""
         self.packets += 1
         flow = self._flows.get((src_ip, sport, dst_ip, dport))
         if flow is None or flags & 0x07:  # SYN, FIN, RST or an unknown tuple
-            self._control(out, ts_ns, flow, src_ip, sport, dst_ip, dport, seq, flags, payload, orig_payload_len)
+            self._control(out, ts_ns, flow, src_ip, sport, dst_ip, dport, seq, flags, payload, orig_payload_len, ack)
             return
         conn = flow.conn
         conn.last_ts = ts_ns
+        if self.holes and flags & ACK and conn.id in self.holes:
+            self._acked(out, conn.flows[1 - flow.d], ack, ts_ns)
         n = len(payload)
         if not n and orig_payload_len <= 0:
             return
@@ -210,6 +226,11 @@ class TcpTracker:
             if delta > 0:
                 flow.ref_seq = seq
                 flow.ref_pos = pos
+            end = pos + (orig_payload_len if orig_payload_len > n else n)
+            if end > flow.hi:
+                if pos > flow.hi:
+                    self._hole(flow)
+                flow.hi = end
             if pos >= 0 and _FAST_CHUNK:  # make_chunk inlined: this is the per-packet hot path
                 c = _new(Chunk)
                 _set_conn(c, conn.id)
@@ -228,6 +249,7 @@ class TcpTracker:
         self._conns.clear()
         self._flows.clear()
         self._closed.clear()
+        self.holes.clear()
         return out
 
     def expire(self, ts_ns: int, idle_ns: int = limits.IDLE_TIMEOUT_NS) -> list[SourceEvent]:
@@ -248,6 +270,26 @@ class TcpTracker:
 
     # -- internals ---------------------------------------------------------------------------------------
 
+    def _hole(self, flow: _Flow) -> None:
+        flow.hole = True
+        self.holes.add(flow.conn.id)
+
+    def _acked(self, out: list[SourceEvent], flow: _Flow, ack: int, ts_ns: int) -> None:
+        """``flow``'s bytes up to ``ack`` were acknowledged by its peer: an ``Acked`` event when ``flow`` has a
+        hole and that is further than the last one sent; everything seen acknowledged ends the hole."""
+        ref = flow.ref_seq
+        if not flow.hole or ref is None:
+            return
+        pos = flow.ref_pos + (((ack - ref + 0x80000000) & 0xFFFFFFFF) - 0x80000000)
+        if pos > flow.acked:
+            flow.acked = pos
+            out.append(Acked(flow.conn.id, flow.direction, pos, ts_ns))
+        if pos >= flow.hi:
+            flow.hole = False
+            conn = flow.conn
+            if not conn.flows[1 - flow.d].hole:
+                self.holes.discard(conn.id)
+
     def _data(self, out: list[SourceEvent], flow: _Flow, ts_ns: int, seq: int, payload: bytes, orig_len: int) -> None:
         """Data of a segment, general case: base not known yet, or position before the base."""
         ref = flow.ref_seq
@@ -263,6 +305,10 @@ class TcpTracker:
         n = len(payload)
         if orig_len < n:
             orig_len = n
+        if pos + orig_len > flow.hi:
+            if pos > flow.hi:
+                self._hole(flow)
+            flow.hi = pos + orig_len
         if pos < 0:  # before the mid-stream base: never part of the stream we deliver
             if pos + orig_len <= 0:
                 self.before_start_bytes += orig_len
@@ -286,6 +332,7 @@ class TcpTracker:
         flags: int,
         payload: bytes,
         orig_len: int,
+        ack: int = 0,
     ) -> None:
         """Segments with SYN, FIN or RST, and the first segment of an unknown tuple."""
         if flow is not None:
@@ -332,6 +379,8 @@ class TcpTracker:
             conn = self._open(ts_ns, key, None, True, out)
         conn.last_ts = ts_ns
         f = conn.flows[d]
+        if self.holes and flags & ACK and conn.id in self.holes:
+            self._acked(out, conn.flows[1 - d], ack, ts_ns)
         if payload or orig_len > 0:
             self._data(out, f, ts_ns, seq, payload, orig_len)
         if flags & FIN:
@@ -374,6 +423,7 @@ class TcpTracker:
         out.append(ConnClose(conn.id, ts_ns, "evicted"))
 
     def _drop(self, conn: _Conn) -> None:
+        self.holes.discard(conn.id)
         key = conn.key
         del self._conns[key]
         del self._flows[key]
@@ -395,7 +445,7 @@ try:
 except ImportError:  # pragma: no cover - a build without a C compiler
     _cwalk = None
 
-_FLOW_FIELDS = ("conn", "direction", "ref_seq", "ref_pos")
+_FLOW_FIELDS = ("conn", "direction", "ref_seq", "ref_pos", "hi")
 _CONN_FIELDS = ("id", "last_ts")
 
 
@@ -406,13 +456,13 @@ def pcap_walker(tracker: TcpTracker) -> Callable[..., tuple] | None:
     if _cwalk is None or not _FAST_CHUNK or not native_enabled():
         return None
     k, n = getattr(tracker, "_shard", (0, 1))
-    flows, ports = tracker._flows, tracker.server_ports
+    flows, ports, holes = tracker._flows, tracker.server_ports, tracker.holes
     cd = CHUNK_SLOTS
     fd = tuple(_Flow.__dict__[f] for f in _FLOW_FIELDS)
     nd = tuple(_Conn.__dict__[f] for f in _CONN_FIELDS)
 
     def walk(buf: bytes, off: int, big: bool, frac_ns: int, link: int, l3off: int, max_rec: int, out: list) -> tuple:
-        r = _cwalk(buf, off, big, frac_ns, link, l3off, max_rec, flows, k, n, ports, cd, fd, nd, Chunk, out)
+        r = _cwalk(buf, off, big, frac_ns, link, l3off, max_rec, flows, k, n, ports, cd, fd, nd, Chunk, out, holes)
         tracker.packets += r[2]
         return r
 
