@@ -306,6 +306,38 @@ def test_reply_gap_marks_earlier_requests_unknown():
     assert any(e.event is Event.GAP for e in c.out)
 
 
+def test_after_a_request_gap_pipelined_requests_are_unknown_until_realigned():
+    """GET b was lost: its reply comes before INCR's, so INCR cannot be paired; the reply that then comes with
+    nothing pending (INCR's own) shows the alignment is back."""
+    c = Conv()
+    c.req("GET", "a")
+    c.s.request_gap(Gap(c.tick(), 23, "not captured (acknowledged)"))
+    c.req("INCR", "n").req("GET", "c")
+    c.rep("$", b"a").rep("$", b"b").rep(":", 1).rep("$", b"c")  # GET c's reply comes with nothing pending
+    c.req("GET", "d").rep("$", b"d")
+    out = c.close()
+    assert [(r.request.args[0].decode(), r.status.value, r.reply_type) for r in out] == [
+        ("GET", "ok", "$"),
+        ("INCR", "unknown", None),
+        ("GET", "unknown", None),
+        ("GET", "ok", "$"),
+    ]
+    assert "request gap" in (out[1].detail or "") and c.s.stats.unmatched_replies == 1
+
+
+def test_a_request_gap_after_the_lost_requests_answer_keeps_pairing():
+    """A client that waits for each reply: the lost request's answer came (unmatched) before the next request
+    showed the hole, so the requests after the gap pair as usual."""
+    c = Conv()
+    c.req("GET", "a").rep("$", b"a")
+    c.rep("-", b"WRONGTYPE Operation against a key holding the wrong kind of value")  # the lost LPOP's
+    c.s.request_gap(Gap(c.tick(), 23, "not captured (acknowledged)"))
+    c.req("INCR", "n").rep(":", 1)
+    out = c.close()
+    assert [(r.request.args[0].decode(), r.status.value) for r in out] == [("GET", "ok"), ("INCR", "ok")]
+    assert c.s.stats.unmatched_replies == 1 and c.s.plain
+
+
 def test_request_parse_error_pairs_with_protocol_error():
     c = Conv()
     c.s.request_error(ParseError(c.tick(), 12, "expected '$'"))
