@@ -156,10 +156,14 @@ class Pipeline:
             self._lane_replied(c, r)
         else:
             self._surrender(c, r)
+        self._settled(c)
+
+    def _settled(self, c: _Conn) -> None:
+        """After a connection's bytes went through: its rows out, and back to its lane if it may."""
         s = c.session
         if s._out:
             self._rows(s.drain())
-        if not c.fast and not s._pending:
+        if c.lane is not None and not c.fast and not s._pending:
             self._maybe_enter(c)
 
     def _feed(self, events: Iterable[SourceEvent]) -> None:
@@ -446,11 +450,7 @@ class Pipeline:
                     self._fast_replies(c, pieces)
                 else:
                     self._replies(c, pieces)
-        s = c.session
-        if s._out:
-            self._rows(s.drain())
-        if lane is not None and not c.fast and not s._pending:
-            self._maybe_enter(c)
+        self._settled(c)
 
     def _loss(self, ev: Loss) -> None:
         """Events/bytes the source could not deliver: a gap row, and the
