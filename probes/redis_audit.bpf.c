@@ -953,7 +953,8 @@ static __always_inline int ssl_exit(struct pt_regs *ctx, __u32 handshake)
 	struct ra_ssl_call *c = ssl_calls.lookup(&id);
 	struct ra_sock_key key = {};
 	struct ra_sock *s;
-	long ret = PT_REGS_RC(ctx);
+	/* SSL_read / SSL_write return an int: only eax is theirs (-1 in eax is 4294967295 in rax) */
+	long ret = (int)PT_REGS_RC(ctx);
 	__s64 fd;
 	__u64 buf, pos;
 	__u32 dir;

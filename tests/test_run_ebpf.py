@@ -13,6 +13,7 @@ import json
 import os
 import re
 import socket
+import ssl
 import subprocess
 import time
 from collections import Counter
@@ -698,6 +699,34 @@ def make_certs(d: Path) -> dict[str, Path]:
     return p
 
 
+def split_record_set(port: int, ca: Path, key: str) -> bytes:
+    """SET key 1 over TLS, its record sent in two TCP writes a moment apart: the server's first SSL_read finds
+    half a record and returns -1 (SSL_ERROR_WANT_READ). Returns the reply."""
+    ctx = ssl.create_default_context(cafile=str(ca))
+    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(inc, out, server_hostname="127.0.0.1")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+
+        def until(step: Callable[[], Any]) -> Any:
+            while True:
+                try:
+                    return step()
+                except ssl.SSLWantReadError:
+                    if pending := out.read():
+                        sock.sendall(pending)
+                    inc.write(sock.recv(65536))
+
+        until(tls.do_handshake)
+        if pending := out.read():
+            sock.sendall(pending)
+        tls.write(b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$1\r\n1\r\n" % (len(key), key.encode()))
+        record = out.read()
+        sock.sendall(record[:5])  # the record header alone
+        time.sleep(0.3)
+        sock.sendall(record[5:])
+        return until(tls.read)
+
+
 def tls_server(factory: Callable[..., RedisServer], d: Path) -> tuple[RedisServer, int, dict[str, Path]]:
     """A redis-server with a TLS port besides its plain port and Unix socket; the ACL user alice."""
     certs = make_certs(d)
@@ -735,6 +764,8 @@ def test_tls_connections_are_audited_in_plaintext(
                 r.lpush("tls:0", "not a list")
         finally:
             r.close()
+        # an SSL_read that returns -1 (half a record): its int return is not 4294967295 bytes of plaintext
+        assert split_record_set(tls_port, certs["ca"], "tls:split") == b"+OK\r\n"
         p = subprocess.run(
             [require_tool("redis-cli"), "-h", "127.0.0.1", "-p", str(tls_port), *tls_cli, "--no-auth-warning"],
             input="AUTH alice CANARY-alice-pw-1\nSET app:t CANARY-tls-value-6\nGET app:t\n",
@@ -752,7 +783,7 @@ def test_tls_connections_are_audited_in_plaintext(
     tls = [r for r in cmds if r["server_port"] == tls_port]
     assert {r["client_comm"] for r in tls} >= {"redis-cli"} and all(r["client_addr"] == "127.0.0.1" for r in tls)
     sets = sum(r["command"] == "SET" and r["keys"][0].startswith("tls:") for r in tls)
-    assert sets == 302  # 300 pipelined, tls:big, tls:early
+    assert sets == 303  # 300 pipelined, tls:big, tls:early, tls:split
     big = [r for r in tls if r["keys"] == ["tls:big"]]
     assert [(r["command"], r["status"]) for r in big] == [("SET", "ok"), ("GET", "ok")]
     assert big[0]["request_bytes"] > BIG and big[1]["reply_bytes"] > BIG
