@@ -369,6 +369,10 @@ class Session:
         if head.blind and confirmation is None:
             # after a request gap this reply may answer a lost request: the outcome is not known
             pending.popleft()
+            if head.cmd == b"EXEC":  # nor that of the commands it would have run
+                held, self._held = self._held, []
+                for h in held:
+                    self._finish(h, Status.UNKNOWN, detail=BLIND)
             self._finish(head, Status.UNKNOWN, detail=BLIND)
             self._settle(rep.ts_ns)
             return

@@ -325,6 +325,21 @@ def test_after_a_request_gap_pipelined_requests_are_unknown_until_realigned():
     assert "request gap" in (out[1].detail or "") and c.s.stats.unmatched_replies == 1
 
 
+def test_a_transaction_after_a_request_gap_is_unknown_too():
+    """EXEC came after the gap: its reply may be a lost request's, so the queued commands' fate is unknown."""
+    c = Conv()
+    c.req("MULTI").req("INCR", "n").ok().rep("+", b"QUEUED")
+    c.s.request_gap(Gap(c.tick(), 23, "not captured (acknowledged)"))
+    c.req("EXEC").rep("$", b"lost").rep("*", children=[1])  # the lost request's reply, then EXEC's
+    out = c.close()
+    assert [(r.request.args[0].decode(), r.status.value) for r in out] == [
+        ("MULTI", "ok"),
+        ("INCR", "unknown"),
+        ("EXEC", "unknown"),
+    ]
+    assert c.s.stats.unmatched_replies == 1 and not c.s._held
+
+
 def test_a_request_gap_after_the_lost_requests_answer_keeps_pairing():
     """A client that waits for each reply: the lost request's answer came (unmatched) before the next request
     showed the hole, so the requests after the gap pair as usual."""
