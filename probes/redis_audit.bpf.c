@@ -421,30 +421,36 @@ static __always_inline __u64 emit_iov(struct ra_sock *s, __u8 dir, __u64 iov, __
 
 /* The first bytes of a direction are a TLS record header (handshake, alert,
  * change-cipher-spec or data; version 3.x): never a RESP frame. */
-static __always_inline int is_tls_record(__u64 buf)
+static __always_inline int not_resp(__u64 buf, long n)
 {
-	__u8 h[3] = {};
+	__u8 h[4] = {};
 
-	if (bpf_probe_read_user(h, sizeof(h), (void *)buf))
+	if (n >= 4 ? bpf_probe_read_user(h, 4, (void *)buf) : bpf_probe_read_user(h, 3, (void *)buf))
 		return 0;
-	return h[0] >= 0x14 && h[0] <= 0x17 && h[1] == 0x03 && h[2] <= 0x04;
+	if (h[0] >= 0x14 && h[0] <= 0x17 && h[1] == 0x03 && h[2] <= 0x04)
+		return RA_TLS; /* a TLS record header: content type, version 3.x */
+	if (h[0] == 'R' && h[1] == 'C' && h[2] == 'm' && h[3] == 'b')
+		return RA_BUS; /* clusterMsg's signature: the cluster bus between nodes (port + 10000) */
+	return 0;
 }
 
 /* A TLS connection whose handshake no SSL probe saw (`run` without --tls, a
  * server whose OpenSSL is not probed, or a handshake before the attach): its
- * ciphertext is not captured, and user space writes one row saying so. */
-static __always_inline void tls_found(struct ra_sock *s, __u32 tgid, __u8 dir)
+ * ciphertext is not captured, and user space writes one row saying so. A
+ * Redis Cluster bus link (node-to-node messages, no client command) is not
+ * captured either: user space ends the connection there (RA_BUS). */
+static __always_inline void not_resp_found(struct ra_sock *s, __u32 tgid, __u8 dir, __u16 what)
 {
 	struct ra_tls *e;
 
-	s->tls = 1;
-	count(RA_CNT_TLS_CONNS, 1);
+	s->tls = 1; /* (nothing more is captured) */
+	count(what == RA_TLS ? RA_CNT_TLS_CONNS : RA_CNT_BUS_CONNS, 1);
 	e = events.ringbuf_reserve(sizeof(struct ra_tls));
 	if (!e) {
 		count(RA_CNT_LOST_CTRL, 1);
 		return;
 	}
-	e->type = RA_TLS;
+	e->type = what;
 	e->dir = dir;
 	e->tgid = tgid;
 	e->cid = s->cid;
@@ -486,9 +492,13 @@ static __always_inline int io_exit(long ret, __u8 kind, __u8 dir)
 #endif
 	if (s->tls)
 		return 0; /* ciphertext outside SSL calls (SSL_shutdown's close_notify, or no SSL probes) */
-	if (kind == RA_PLAIN && ret >= 3 && !s->pos[dir] && is_tls_record(a.a1)) {
-		tls_found(s, tgid, dir);
-		return 0;
+	if (kind == RA_PLAIN && ret >= 3 && !s->pos[dir]) {
+		int what = not_resp(a.a1, ret);
+
+		if (what) {
+			not_resp_found(s, tgid, dir, what);
+			return 0;
+		}
 	}
 	pos = s->pos[dir];
 	s->pos[dir] = pos + ret;

@@ -22,6 +22,7 @@ enum ra_type {
 	RA_PEER = 6,   /* the client process of a Unix socket connection */
 	RA_FORK = 7,   /* a target forked a process (not a thread): a daemon's server, or a BGSAVE child */
 	RA_TLS = 8,    /* a connection's first bytes are a TLS record: encrypted, not captured */
+	RA_BUS = 9,    /* a connection's first bytes are a Redis Cluster bus message ("RCmb"): not captured */
 };
 
 enum ra_dir {
@@ -38,6 +39,7 @@ enum ra_counter {
 	RA_CNT_IOV_REST = 4,   /* syscalls with iovecs past RA_MAX_IOV (a gap) */
 	RA_CNT_TLS_NOFD = 5,   /* SSL_read/SSL_write bytes of an SSL whose socket is unknown */
 	RA_CNT_TLS_CONNS = 6,  /* connections whose first bytes were a TLS record (RA_TLS) */
+	RA_CNT_BUS_CONNS = 7,  /* connections whose first bytes were a cluster bus message (RA_BUS) */
 	RA_CNT_MAX = 8,
 };
 
@@ -118,7 +120,7 @@ struct ra_close {
 
 /* A connection found to carry TLS by its first bytes (not inside an SSL call
  * the probes saw): its ciphertext is not captured from then on. */
-struct ra_tls {
+struct ra_tls { /* also RA_BUS */
 	__u16 type;
 	__u16 dir;
 	__u32 tgid;

@@ -797,6 +797,41 @@ def test_tls_connections_are_audited_in_plaintext(
     assert not leaks, f"a password or the planted value reached {sorted(leaks)}"
 
 
+def test_the_cluster_bus_is_not_taken_for_clients(
+    redis_server_factory: Callable[..., RedisServer], tmp_path: Path
+) -> None:
+    """Two cluster nodes: their bus links (port + 10000, binary messages starting "RCmb") are accepted and
+    connected sockets of the targets like any client's, but carry no command. Recognised in the kernel by their
+    first bytes, they are not captured (no parse_error rows), end as `cluster_bus` and are counted."""
+    conf = ["cluster-enabled yes", "cluster-config-file nodes.conf", "cluster-node-timeout 5000"]
+    # (the bus port is port + 10000 by default: past 65535 for a high random port)
+    bus_a, bus_b = free_port(), free_port()
+    a = redis_server_factory([*conf, f"cluster-port {bus_a}"])
+    b = redis_server_factory([*conf, f"cluster-port {bus_b}"])
+    out = tmp_path / "trail"
+    with audit_run(out, "--pid", str(a.pid), "--pid", str(b.pid)) as audit:
+        assert a.admin("CLUSTER", "MEET", "127.0.0.1", str(b.port), str(bus_b)) == "OK"
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            info = [srv.admin("CLUSTER", "INFO") for srv in (a, b)]
+            if all(b"cluster_known_nodes:2" in i for i in info):
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("the nodes did not meet")
+        time.sleep(1.5)  # node pings go over the bus meanwhile
+        _, reply = cli(a, "CLUSTER", "MYID")
+        assert reply.strip()
+        cli(b, "PING")
+        summary = audit.stop()
+    everything = check_run(out, summary, audit)  # (no parse_error, no gap)
+    assert summary["cluster_bus_connections"] >= 1, summary
+    bus = [r for r in everything if r["event"] == "disconnect" and (r["detail"] or "").startswith("cluster_bus")]
+    assert len(bus) == summary["cluster_bus_connections"], bus
+    cmds = [r["command"] for r in everything if r["event"] == "command"]  # (the helper's CLUSTER MEET / INFO too)
+    assert set(cmds) == {"CLUSTER", "PING"} and cmds[-1] == "PING"
+
+
 def test_tls_without_the_ssl_probes_is_one_row_per_connection(
     redis_server_factory: Callable[..., RedisServer], tmp_path: Path
 ) -> None:

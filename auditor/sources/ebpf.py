@@ -76,8 +76,9 @@ PROBES_DIR = _probes_dir()
 BPF_SOURCE = PROBES_DIR / "redis_audit.bpf.c"
 
 # enum ra_type / ra_counter in probes/redis_audit.h
-RA_DATA, RA_ACCEPT, RA_CLOSE, RA_EXEC, RA_EXIT, RA_PEER, RA_FORK, RA_TLS = 1, 2, 3, 4, 5, 6, 7, 8
+RA_DATA, RA_ACCEPT, RA_CLOSE, RA_EXEC, RA_EXIT, RA_PEER, RA_FORK, RA_TLS, RA_BUS = 1, 2, 3, 4, 5, 6, 7, 8, 9
 CNT_LOST_DATA, CNT_LOST_BYTES, CNT_LOST_CTRL, CNT_SOCKS_FULL, CNT_IOV_REST, CNT_TLS_NOFD, CNT_TLS_CONNS = range(7)
+CNT_BUS_CONNS = 7
 
 # ring record header (u32 len, u32 pg_off) + struct ra_data_hdr: one unpack
 _REC = struct.Struct("<IIHHIQQQIIQ")
@@ -193,6 +194,7 @@ class EbpfStats:
     tls_unattributed: int = 0  # SSL_read/SSL_write calls whose socket was not known: their bytes are lost
     tls_errors: list[str] = field(default_factory=list)  # libssl files the probes could not attach to
     tls_connections: int = 0  # connections whose handshake no SSL probe saw: their bytes are encrypted
+    cluster_bus_connections: int = 0  # Redis Cluster bus links (node to node, no client command): not captured
     targets: dict[int, dict[str, int]] = field(default_factory=dict)
 
 
@@ -412,6 +414,7 @@ class EbpfSource:
             "tls_servers": st.tls_servers,
             "tls_connections_unread": st.tls_connections,
             "tls_unattributed": st.tls_unattributed,
+            "cluster_bus_connections": st.cluster_bus_connections,
         }
 
     def __enter__(self) -> EbpfSource:
@@ -432,9 +435,10 @@ class EbpfSource:
         s = self._stats
         if self._bpf is None:
             return s
-        c = [int(self._counters.sum(ct.c_int(i)).value) for i in range(7)]
+        c = [int(self._counters.sum(ct.c_int(i)).value) for i in range(8)]
         s.lost_events, s.lost_bytes, s.lost_conn_events, s.untracked_conns, s.iov_gaps, s.tls_unattributed = c[:6]
         s.tls_connections = c[CNT_TLS_CONNS]
+        s.cluster_bus_connections = c[CNT_BUS_CONNS]
         s.servers = len(self._procs)
         s.tls_servers = sum(p.tls is not None for p in self._procs.values())
         now = time.monotonic()
@@ -612,6 +616,13 @@ class EbpfSource:
                     else "TLS: encrypted, not audited (`run --tls` audits it)"
                 )
                 out.append(Loss(c.name, ts + self._clock, why, 0, 0))  # (no byte of the plaintext stream)
+        elif typ == RA_BUS:
+            # a Redis Cluster bus link (node-to-node messages on the bus port): nothing of it is captured; its
+            # disconnect row says what it was
+            _, _, _, cid, ts = _TLS.unpack_from(data, off)
+            c = self._conns.get(cid)
+            if c is not None:
+                self._end(c, ts + self._clock, "cluster_bus", out)
         elif typ == RA_FORK:
             # a target's child process, a target in the kernel already: a BGSAVE child, or the server a
             # `daemonize yes` redis-server forks before it exits (it becomes a full target then, below)
