@@ -115,16 +115,9 @@ class Stream:
         Only a hole with buffered data behind it: bytes acknowledged but not seen, with nothing after them
         yet, may still come (a capture can list the ACK before the data)."""
         out: list[Piece] = []
-        segs = self._segs
-        while segs and self.expected < pos:
-            if segs[0][0] > pos:  # the hole goes on past what is acknowledged: only [expected, pos) is lost
-                hole = pos - self.expected
-                self.gaps += 1
-                self.gap_bytes += hole
-                out.append(Gap(ts_ns, hole, "not captured (acknowledged)"))
-                self.expected = pos
-                break
-            self._declare_hole(out, ts_ns, "not captured (acknowledged)")
+        while self._segs and self.expected < pos:
+            # (a hole that goes on past what is acknowledged: only [expected, pos) is known lost)
+            self._declare_hole(out, ts_ns, "not captured (acknowledged)", pos)
             self._drain(out)
         return out
 
@@ -225,14 +218,15 @@ class Stream:
             out.append(Gap(ts_ns, lost, "not captured"))
         self.expected = end
 
-    def _declare_hole(self, out: list[Piece], ts_ns: int, reason: str) -> None:
-        """Skip the hole before the first buffered segment."""
-        hole = self._segs[0][0] - self.expected
+    def _declare_hole(self, out: list[Piece], ts_ns: int, reason: str, upto: int | None = None) -> None:
+        """Skip the hole before the first buffered segment (or its part before ``upto``)."""
+        end = self._segs[0][0] if upto is None else min(self._segs[0][0], upto)
+        hole = end - self.expected
         if hole > 0:
             self.gaps += 1
             self.gap_bytes += hole
             out.append(Gap(ts_ns, hole, reason))
-            self.expected = self._segs[0][0]
+            self.expected = end
 
     def __repr__(self) -> str:
         return (

@@ -226,11 +226,11 @@ class TcpTracker:
             if delta > 0:
                 flow.ref_seq = seq
                 flow.ref_pos = pos
-            end = pos + (orig_payload_len if orig_payload_len > n else n)
-            if end > flow.hi:
+            ln = orig_payload_len if orig_payload_len > n else n
+            if pos + ln > flow.hi:
                 if pos > flow.hi:
                     self._hole(flow)
-                flow.hi = end
+                flow.hi = pos + ln
             if pos >= 0 and _FAST_CHUNK:  # make_chunk inlined: this is the per-packet hot path
                 c = _new(Chunk)
                 _set_conn(c, conn.id)
@@ -238,7 +238,7 @@ class TcpTracker:
                 _set_pos(c, pos)
                 _set_ts(c, ts_ns)
                 _set_data(c, payload)
-                _set_len(c, orig_payload_len if orig_payload_len > n else n)
+                _set_len(c, ln)
                 out.append(c)
                 return
         self._data(out, flow, ts_ns, seq, payload, orig_payload_len)
